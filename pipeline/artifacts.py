@@ -1,0 +1,76 @@
+"""Atomic file and directory writes: nothing half-written is ever left where a reader looks."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success rename it onto ``dest``.
+
+    On any failure (or a kill) only a ``.tmp`` sibling is left, never ``dest`` itself.
+    For a directory, an existing ``dest`` is replaced in two renames so a reader sees either
+    the old one or the new one, never a mix.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp_root = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = tmp_root / dest.name
+    try:
+        if is_dir:
+            tmp.mkdir()
+        yield tmp
+        if dest.exists() or dest.is_symlink():
+            old = tmp_root / (dest.name + ".old")
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def write_text(dest: str | Path, text: str) -> Path:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text)
+    return Path(dest)
+
+
+def write_json(dest: str | Path, data: Any) -> Path:
+    return write_text(dest, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def clean_stale_tmp(folder: str | Path) -> None:
+    """Remove leftovers of killed runs (``.NAME.*.tmp``) in ``folder``."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,146 @@
+"""Per-op diagnostics: run a variant and the FP32 program side by side, op by op.
+
+For each op of the variant: its dtype, max |value|, inf and NaN counts (over all samples),
+and its relative error against the same op of the FP32 program (ops matched by name, the
+FP16 pass's `_cast_fp16` suffix removed): max |out - out32| / max |out32|. The first op
+where non-finite values appear is flagged.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from pipeline.emulator.runtime import Emulator, Step
+from pipeline.precision import canonical
+
+FIELDS = ["index", "name", "op_type", "dtype", "max_abs", "inf_count", "nan_count",
+          "rel_error_vs_fp32", "first_nonfinite"]
+
+
+@dataclass
+class OpStats:
+    index: int
+    name: str
+    op_type: str
+    dtype: str
+    max_abs: float = 0.0
+    inf_count: int = 0
+    nan_count: int = 0
+    rel_error_vs_fp32: float | None = None
+    first_nonfinite: bool = False
+    _ref_peak: float = 0.0
+    _err: float = 0.0
+
+
+def _float_out(values: list[Any]) -> torch.Tensor | None:
+    for v in values:
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            return v
+    return None
+
+
+def capture(emulator: Emulator, feeds: dict[str, np.ndarray]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Run and keep every op's first float output, keyed by canonical op name."""
+    acts: dict[str, torch.Tensor] = {}
+
+    def keep(step: Step, values: list[Any]) -> None:
+        out = _float_out(values)
+        if out is not None:
+            acts[canonical(step.name)] = out.float()
+
+    return emulator.run(feeds, observe=keep), acts
+
+
+class Collector:
+    """Accumulates OpStats over samples; call ``observer(reference_acts)`` per sample."""
+
+    def __init__(self, emulator: Emulator):
+        self.stats = {s.index: OpStats(s.index, s.name, s.op_type, s.dtypes[0])
+                      for s in emulator.plan.steps}
+
+    def observer(self, reference: dict[str, torch.Tensor] | None):
+        def observe(step: Step, values: list[Any]) -> None:
+            out = _float_out(values)
+            if out is None:
+                return
+            st = self.stats[step.index]
+            x = out.float()
+            finite = torch.isfinite(x)
+            if not bool(finite.all()):
+                st.inf_count += int(torch.isinf(x).sum())
+                st.nan_count += int(torch.isnan(x).sum())
+                x_abs = torch.where(finite, x.abs(), torch.zeros((), device=x.device))
+            else:
+                x_abs = x.abs()
+            if x.numel():
+                st.max_abs = max(st.max_abs, float(x_abs.max()))
+            if reference is None:
+                return
+            ref = reference.get(canonical(step.name))
+            if ref is None or ref.shape != x.shape:
+                return
+            if x.numel():
+                st._ref_peak = max(st._ref_peak, float(ref.abs().max()))
+                diff = (x - ref).abs()
+                err = float(diff.max()) if bool(finite.all()) else math.inf
+                st._err = max(st._err, err)
+            st.rel_error_vs_fp32 = st._err / st._ref_peak if st._ref_peak > 0 else st._err
+        return observe
+
+    def finish(self) -> list[OpStats]:
+        rows = [self.stats[i] for i in sorted(self.stats)]
+        for row in rows:
+            if row.inf_count or row.nan_count:
+                row.first_nonfinite = True
+                break
+        return rows
+
+
+def first_nonfinite(rows: Iterable[OpStats]) -> OpStats | None:
+    return next((r for r in rows if r.first_nonfinite), None)
+
+
+def run_diagnostics(variant: Emulator, reference: Emulator | None,
+                    samples: Iterable[dict[str, np.ndarray]]):
+    """Outputs per sample and the per-op table. ``reference`` is the FP32 program's emulator
+    (None when the variant is the FP32 program itself: its error is 0 by definition)."""
+    collector = Collector(variant)
+    outputs = []
+    for feeds in samples:
+        ref_acts = None
+        if reference is not None:
+            _, ref_acts = capture(reference, feeds)
+        outputs.append(variant.run(feeds, observe=collector.observer(ref_acts)))
+        if reference is None:
+            for st in collector.stats.values():
+                st.rel_error_vs_fp32 = 0.0
+        del ref_acts
+    return outputs, collector.finish()
+
+
+def write_table(rows: list[OpStats], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        for r in rows:
+            d = {k: v for k, v in asdict(r).items() if not k.startswith("_")}
+            w.writerow(d)
+
+
+def read_table(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["index"] = int(r["index"])
+        r["max_abs"] = float(r["max_abs"])
+        r["inf_count"] = int(r["inf_count"])
+        r["nan_count"] = int(r["nan_count"])
+        r["rel_error_vs_fp32"] = float(r["rel_error_vs_fp32"]) if r["rel_error_vs_fp32"] not in ("", "None") else None
+        r["first_nonfinite"] = r["first_nonfinite"] == "True"
+    return rows

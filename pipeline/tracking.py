@@ -1,0 +1,155 @@
+"""MLflow tracking: one experiment per model, one run per evaluated variant and backend.
+
+Runs are only ever created, never updated or deleted, so re-running a stage adds a run.
+Writers to a local store take a file lock, so concurrent evaluations (dvc queue -j 2, several
+shells) all land. A remote tracking URI is checked for an answer before anything is logged.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def split_numeric(flat: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    numbers, texts = {}, {}
+    for k, v in flat.items():
+        if isinstance(v, bool):
+            numbers[k] = float(v)
+        elif isinstance(v, (int, float)):
+            numbers[k] = float(v)
+        elif v is not None:
+            texts[k] = str(v)
+    return numbers, texts
+
+
+def git_commit(cwd: Path = Path(".")) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             timeout=10)
+        commit = out.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def dvc_stage_hashes(stages: list[str], lock_path: Path = Path("dvc.lock")) -> dict[str, str]:
+    """md5 of each named stage's outputs, from dvc.lock (stages finished before this one)."""
+    if not lock_path.is_file():
+        return {}
+    import yaml
+
+    try:
+        lock = yaml.safe_load(lock_path.read_text()) or {}
+    except yaml.YAMLError:
+        return {}
+    out = {}
+    for stage in stages:
+        entry = (lock.get("stages") or {}).get(stage) or {}
+        hashes = [o.get("md5", "") for o in entry.get("outs") or []]
+        if hashes:
+            out[f"dvc.{stage}"] = ",".join(hashes)
+    return out
+
+
+def versions() -> dict[str, str]:
+    import torch
+
+    from pipeline.backends import coremltools
+
+    return {"coremltools": coremltools().__version__, "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def _local_db(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    return None
+
+
+def check_uri(uri: str) -> None:
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as resp:
+                if resp.status >= 400:
+                    raise OSError(f"HTTP {resp.status}")
+        except (OSError, urllib.error.URLError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UserError(f"MLflow tracking URI '{uri}' does not answer ({reason})",
+                            "start the server, or use tracking.uri=sqlite:///mlflow.db "
+                            "(or tracking.enabled=false)") from None
+    elif not uri.startswith(("sqlite:///", "file:", "databricks", "postgresql", "mysql")):
+        raise UserError(f"unsupported MLflow tracking URI '{uri}'",
+                        "use sqlite:///mlflow.db or http(s)://host:port")
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    db = _local_db(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(db) + ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def log_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any],
+            metrics: Mapping[str, float], tags: Mapping[str, str],
+            artifact_files: list[Path]) -> str:
+    """Create one new MLflow run with everything in it; returns its run id."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    check_uri(uri)
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    with store_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        run = client.create_run(exp_id, run_name=run_name, tags=dict(tags))
+        run_id = run.info.run_id
+        now = int(time.time() * 1000)
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+        )
+        for path in artifact_files:
+            if path.is_file():
+                client.log_artifact(run_id, str(path))
+        client.set_terminated(run_id, "FINISHED")
+    log.info("MLflow: run %s (%s) in experiment '%s' at %s", run_id, run_name, experiment, uri)
+    return run_id

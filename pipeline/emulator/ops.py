@@ -488,7 +488,7 @@ OPS["reduce_log_sum_exp"] = _reduce(lambda x, d, k: torch.logsumexp(x, d, keepdi
 
 
 def _arg_reduce(fn):
-    def run(x, axis=None, keep_dims=None):
+    def run(x, axis=None, keep_dims=None, output_dtype=None):
         return fn(x, dim=int(py(axis) if axis is not None else -1), keepdim=bool(py(keep_dims)))
     return run
 
@@ -545,7 +545,7 @@ def flatten2d(x, axis=None):
 
 
 @op()
-def shape(x):
+def shape(x, output_dtype=None):
     return torch.tensor(list(x.shape), dtype=torch.int32)
 
 
@@ -690,6 +690,7 @@ def cumsum(x, axis=None, exclusive=None, reverse=None):
 @op()
 def one_hot(indices, one_hot_vector_size, axis=None, on_value=None, off_value=None):
     depth = int(py(one_hot_vector_size))
+    indices = t(indices)
     hot = F.one_hot(indices.long().clamp_min(0), depth) * (indices >= 0).unsqueeze(-1)
     on, off = scalar(on_value, 1.0), scalar(off_value, 0.0)
     y = hot.float() * (on - off) + off
@@ -698,13 +699,14 @@ def one_hot(indices, one_hot_vector_size, axis=None, on_value=None, off_value=No
 
 
 @op()
-def argsort(x, axis=None, ascending=None):
+def argsort(x, axis=None, ascending=None, output_dtype=None):
     return torch.argsort(x, dim=int(py(axis) if axis is not None else -1),
                          descending=not bool(py(ascending)), stable=True)
 
 
 @op()
-def topk(x, k=None, axis=None, ascending=None, sort=None, return_indices=None):
+def topk(x, k=None, axis=None, ascending=None, sort=None, return_indices=None,
+         output_indices_dtype=None):
     kk = int(py(k)) if k is not None else 1
     values, indices = torch.topk(x, kk, dim=int(py(axis) if axis is not None else -1),
                                  largest=not bool(py(ascending)), sorted=True)

@@ -202,19 +202,7 @@ class Emulator:
 
     # -- values ------------------------------------------------------------------------
     def _store(self, value: Any, dtype: str) -> Any:
-        """Convert an op result to its declared dtype's storage."""
-        if not isinstance(value, torch.Tensor):
-            value = torch.as_tensor(value, device=self.device)
-        if dtype == "fp16":
-            half = value.to(torch.float16)
-            return half if self.mode == "native_fp16" else half.to(torch.float32)
-        target = TORCH_DTYPES.get(dtype)
-        if target is None or value.dtype == target:
-            return value
-        if target in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8) and \
-                value.is_floating_point():
-            value = torch.trunc(value)
-        return value.to(target)
+        return to_dtype(value, dtype, self.mode == "native_fp16", self.device)
 
     def feed(self, feeds: dict[str, Any]) -> dict[str, Any]:
         env: dict[str, Any] = {}
@@ -282,6 +270,22 @@ class Emulator:
                 raise
             self.fallbacks.add(step.op_type)
             return step.fn(**{k: _upcast(v) for k, v in kwargs.items()})
+
+
+def to_dtype(value: Any, dtype: str, native: bool = False, device=None) -> Any:
+    """An op result in its declared dtype's storage: fp16 values are rounded to IEEE half
+    (kept as float32 tensors unless ``native``); ints truncate toward zero."""
+    if not isinstance(value, torch.Tensor):
+        value = torch.as_tensor(value, device=device)
+    if dtype == "fp16":
+        half = value.to(torch.float16)
+        return half if native else half.to(torch.float32)
+    target = TORCH_DTYPES.get(dtype)
+    if target is None or value.dtype == target:
+        return value
+    if not target.is_floating_point and target != torch.bool and value.is_floating_point():
+        value = torch.trunc(value)
+    return value.to(target)
 
 
 def _to_half(v: Any) -> Any:

@@ -1,0 +1,56 @@
+"""Shared fixtures: real Hydra configs, real stages run in-process on the tiny model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pipeline.config import load_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+VARIANTS = ("fp32", "fp16", "mixed")
+
+
+def make_cfg(workdir: Path, *overrides: str):
+    return load_config([f"paths.artifacts={workdir / 'artifacts'}",
+                        f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}", *overrides])
+
+
+@pytest.fixture
+def cfg_in(tmp_path):
+    def build(*overrides):
+        return make_cfg(tmp_path, *overrides)
+    return build
+
+
+def run_variants(workdir: Path, model: str, variants=VARIANTS, *extra: str, evaluate=True):
+    from pipeline import compile as compile_stage
+    from pipeline import convert, trace
+    from pipeline import evaluate as evaluate_stage
+
+    trace.run(make_cfg(workdir, f"model={model}", *extra))
+    for v in variants:
+        cfg = make_cfg(workdir, f"model={model}", f"precision={v}", *extra)
+        convert.run(cfg)
+        compile_stage.run(cfg)
+    if evaluate:
+        for v in variants:
+            evaluate_stage.run(make_cfg(workdir, f"model={model}", f"precision={v}", *extra))
+    return workdir / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """trace -> convert -> compile -> evaluate of the tiny encoder, all three variants."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    cwd = os.getcwd()
+    os.chdir(workdir)  # MLflow artifacts (./mlruns) land in the temporary folder
+    try:
+        run_variants(workdir, "tiny")
+    finally:
+        os.chdir(cwd)
+    return workdir

@@ -29,8 +29,10 @@ def atomic_path(dest: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(dest.parent, dest.name)
     tmp_root = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     tmp = tmp_root / dest.name
+    (tmp_root / ".pid").write_text(str(os.getpid()))
     try:
         if is_dir:
             tmp.mkdir()
@@ -68,9 +70,28 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def clean_stale_tmp(folder: str | Path) -> None:
-    """Remove leftovers of killed runs (``.NAME.*.tmp``) in ``folder``."""
+def clean_stale_tmp(folder: str | Path, name: str, older_than_s: float = 3600.0) -> None:
+    """Remove what killed writers of ``name`` left in ``folder`` (``.NAME.*.tmp``). Only old
+    ones, or ones whose writer is gone: a live writer's folder is never touched."""
+    import time
+
     folder = Path(folder)
-    if folder.is_dir():
-        for p in folder.glob(".*.tmp"):
+    for p in folder.glob(f".{name}.*.tmp"):
+        pid_file = p / ".pid"
+        try:
+            pid = int(pid_file.read_text()) if pid_file.is_file() else None
+        except ValueError:
+            pid = None
+        alive = pid is not None and _pid_alive(pid)
+        if not alive and (pid is not None or time.time() - p.stat().st_mtime > older_than_s):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

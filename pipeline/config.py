@@ -5,6 +5,7 @@ but its artifacts (no `outputs/` folders, no log files) and a bad override becom
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -45,13 +46,12 @@ def load_config(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> Dic
 
 
 def _missing_option(exc: Exception, overrides: list[str], conf_dir: Path) -> UserError:
-    for group in ("model", "precision"):
-        for ov in overrides:
-            if ov.split("=", 1)[0] == group:
-                value = ov.split("=", 1)[1]
-                options = ", ".join(group_options(group, conf_dir))
-                return UserError(f"unknown {group} '{value}'",
-                                 f"choose one of: {options} (or add conf/{group}/{value}.yaml)")
+    found = re.search(r"Could not find '([\w-]+)/([^']*)'", str(exc))
+    if found:
+        group, value = found.groups()
+        options = ", ".join(group_options(group, conf_dir))
+        return UserError(f"unknown {group} '{value}'",
+                         f"choose one of: {options} (or add conf/{group}/{value}.yaml)")
     return UserError(str(exc).strip().splitlines()[0])
 
 

@@ -96,20 +96,31 @@ def build_report(package: Path, spec: precision.PrecisionSpec, selector, seconds
 
 def run(cfg: DictConfig) -> None:
     spec = precision.spec_from_config(to_dict(cfg.precision))
-    if spec.compute == "auto":
-        raise UserError("precision=auto is found by the search stage",
-                        "run `python -m pipeline.search`, then convert with the config it writes")
     trace_dir, manifest = read_trace(cfg)
     traced = load_traced(trace_dir, manifest)
     log.info("converting %s to %s (%s)", manifest["model"], spec.name, spec.compute)
-    mlmodel, selector, seconds = convert_program(traced, manifest, spec,
-                                                 cfg.convert.minimum_deployment_target)
+    found = None
+    if spec.compute == "auto":  # search for the FP32 set, then convert with it (search.py)
+        from pipeline import search
+
+        spec, result, verified, mlmodel, selector, seconds = search.find(
+            cfg, traced, manifest, trace_dir, spec.name)
+        target = search.Target.from_config(cfg.precision.get("target"), manifest.get("tolerance") or {})
+        found = (search.config_yaml(spec, result, target, verified, manifest["model"]),
+                 search.search_record(result, target, verified))
+        search.log_search(cfg, manifest["model"], result, target, verified)
+    else:
+        mlmodel, selector, seconds = convert_program(traced, manifest, spec,
+                                                     cfg.convert.minimum_deployment_target)
     out_dir = variant_dir(cfg, "convert", spec.name)
     with artifacts.atomic_path(out_dir, is_dir=True) as tmp:
         package = tmp / "model.mlpackage"
         mlmodel.save(str(package))
         report = build_report(package, spec, selector, seconds)
         report["model"] = manifest["model"]
+        if found:
+            (tmp / "precision.yaml").write_text(found[0])
+            report["search"] = found[1]
         artifacts.write_json(tmp / "report.json", report)
     log.info("%s: %d compute ops (%s), %d FP32, %d casts, %.1f s -> %s", spec.name,
              report["compute_ops"], report["ops_by_dtype"], len(report["fp32_compute_ops"]),

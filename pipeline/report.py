@@ -25,7 +25,7 @@ from pipeline.emulator.diagnostics import read_table
 from pipeline.errors import UserError
 
 log = logging.getLogger("pipeline.report")
-ORDER = {"fp32": 0, "fp16": 1, "mixed": 2}
+ORDER = {"fp32": 0, "fp16": 1, "mixed": 2, "auto": 3}
 
 
 def collect(cfg: DictConfig, model: str) -> list[dict]:

@@ -126,7 +126,7 @@ def store_lock(uri: str) -> Iterator[None]:
 
 def log_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any],
             metrics: Mapping[str, float], tags: Mapping[str, str],
-            artifact_files: list[Path]) -> str:
+            artifact_files: list[Path], series: Mapping[str, list[float]] | None = None) -> str:
     """Create one new MLflow run with everything in it; returns its run id."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -142,11 +142,13 @@ def log_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any],
         run = client.create_run(exp_id, run_name=run_name, tags=dict(tags))
         run_id = run.info.run_id
         now = int(time.time() * 1000)
-        client.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-            params=[Param(k, str(v)[:6000]) for k, v in params.items()],
-        )
+        points = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        points += [Metric(k, float(v), now, step) for k, vs in (series or {}).items()
+                   for step, v in enumerate(vs)]
+        for start in range(0, max(1, len(points)), 900):  # MLflow takes 1000 per batch
+            client.log_batch(run_id, metrics=points[start:start + 900],
+                             params=[Param(k, str(v)[:6000]) for k, v in params.items()]
+                             if start == 0 else [])
         for path in artifact_files:
             if path.is_file():
                 client.log_artifact(run_id, str(path))

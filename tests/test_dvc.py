@@ -67,11 +67,13 @@ def test_repro_runs_every_stage_and_writes_metrics(repo):
     path, out = repo
     stages = ran_stages(out)
     assert stages[0] == "trace" and stages[-1] == "report"
-    for v in ("fp32", "fp16", "mixed"):
+    for v in ("fp32", "fp16", "mixed", "auto"):
         assert {f"convert@{v}", f"compile@{v}", f"evaluate@{v}"} <= set(stages)
     shown = sh("dvc metrics show", path).stdout
     assert "accuracy.cosine_min" in shown and "placement.ne_op_share" in shown
-    assert len([r for r in mlflow_runs(path) if r.data.tags.get("kind") != "report"]) == 3
+    variants = sorted(r.data.tags["variant"] for r in mlflow_runs(path) if "variant" in r.data.tags)
+    assert variants == ["auto", "fp16", "fp32", "mixed"]
+    assert [r for r in mlflow_runs(path) if r.data.tags.get("kind") == "search"]
     assert not list(path.glob("outputs")) and not list(path.glob("**/.hydra"))
 
 

@@ -79,6 +79,7 @@ class Step:
     dtypes: list[str]
     float_inputs: list[str]
     round_output: bool = True
+    round_inputs: frozenset = frozenset()  # var inputs to round to FP16 first (virtual mixed)
 
 
 @dataclass
@@ -155,6 +156,55 @@ def build_plan(prog, device: torch.device, mode: str) -> Plan:
     return plan
 
 
+FP16_PASS_SKIPS = {"cast", "while_loop", "cond", "make_list", "list_gather", "list_scatter",
+                   "list_read", "list_write", "list_length", "read_state", "coreml_update_state"}
+
+
+def virtual_mixed(plan: Plan, keep_fp32: set[str], mode: str) -> Plan:
+    """A plan of the FP32 program with every float op not in ``keep_fp32`` typed FP16."""
+    native = mode == "native_fp16"
+    consts = dict(plan.consts)
+    const_dtypes = dict(plan.const_dtypes)
+    effective: dict[str, str] = {n: d for n, (d, _) in plan.inputs.items()}
+    steps = []
+    for step in plan.steps:
+        to_half = (step.op_type not in FP16_PASS_SKIPS and step.name not in keep_fp32
+                   and "fp32" in step.dtypes)
+        if not to_half:
+            for name, d in zip(step.outputs, step.dtypes):
+                effective[name] = d
+            steps.append(step)
+            continue
+        args, rounds, float_inputs = [], set(), []
+        for param, kind, payload in step.args:
+            names = payload if kind == 2 else [payload]
+            renamed = []
+            for n in names:
+                if n in consts and const_dtypes.get(n) == "fp32" and isinstance(consts[n], torch.Tensor):
+                    half = n + "@fp16"
+                    if half not in consts:
+                        consts[half] = to_dtype(consts[n], "fp16", native)
+                        const_dtypes[half] = "fp16"
+                    renamed.append(half)
+                    float_inputs.append(half)
+                else:
+                    if effective.get(n) == "fp32":
+                        rounds.add(n)
+                    if effective.get(n) in FLOAT or const_dtypes.get(n) in FLOAT:
+                        float_inputs.append(n)
+                    renamed.append(n)
+            args.append((param, kind, renamed if kind == 2 else renamed[0]))
+        dtypes = ["fp16" if d == "fp32" else d for d in step.dtypes]
+        for name, d in zip(step.outputs, dtypes):
+            effective[name] = d
+        preserving = step.op_type in VALUE_PRESERVING
+        steps.append(Step(step.index, step.op_type, step.name, step.fn, args, step.outputs,
+                          dtypes, float_inputs, not preserving, frozenset(rounds)))
+    out = Plan(steps, consts, const_dtypes, plan.inputs, plan.outputs)
+    out.free_after = _last_uses(out)
+    return out
+
+
 def _last_uses(plan: Plan) -> dict[int, list[str]]:
     last: dict[str, int] = {}
     for step in plan.steps:
@@ -218,6 +268,17 @@ class Emulator:
             env[name] = self._store(tensor.to(self.device), dtype)
         return env
 
+    def with_fp16_except(self, keep_fp32: set[str]) -> "Emulator":
+        """This FP32 program as coremltools' FP16 pass would make it with ``keep_fp32`` (op
+        names) left in FP32: every other float op gets FP16 inputs, weights and output. For
+        searching FP32 sets without a conversion per candidate."""
+        import copy
+
+        view = copy.copy(self)
+        view.plan = virtual_mixed(self.plan, keep_fp32, self.mode)
+        view.fallbacks = set()
+        return view
+
     # -- execution ---------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, feeds: dict[str, Any], observe: Observer | None = None) -> dict[str, np.ndarray]:
@@ -231,8 +292,12 @@ class Emulator:
                     kwargs[param] = consts[payload]
                 elif kind == 1:
                     kwargs[param] = env[payload]
+                    if payload in step.round_inputs:
+                        kwargs[param] = to_dtype(kwargs[param], "fp16", native, self.device)
                 else:
-                    kwargs[param] = [consts[n] if n in consts else env[n] for n in payload]
+                    kwargs[param] = [consts[n] if n in consts else
+                                     to_dtype(env[n], "fp16", native, self.device)
+                                     if n in step.round_inputs else env[n] for n in payload]
             try:
                 result = self._call(step, kwargs, native)
             except UserError:

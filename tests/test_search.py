@@ -1,0 +1,88 @@
+"""precision=auto: the search meets the target with no more FP32 ops than the article's
+hand-written region, within the group-testing budget, verified by a real conversion."""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline import artifacts, programs
+from pipeline.emulator import Emulator
+from tests.conftest import make_cfg
+
+
+def test_auto_finds_a_small_verified_set(tiny_run, monkeypatch):
+    from pipeline import compile as compile_stage
+    from pipeline import convert, evaluate
+
+    monkeypatch.chdir(tiny_run)
+    cfg = make_cfg(tiny_run, "model=tiny", "precision=auto")
+    convert.run(cfg)
+    compile_stage.run(cfg)
+    evaluate.run(cfg)
+    art = tiny_run / "artifacts"
+    report = artifacts.read_json(art / "convert" / "auto" / "report.json")
+    search = report["search"]
+    article = artifacts.read_json(art / "convert" / "mixed" / "report.json")
+    assert 0 < len(search["fp32_ops"]) <= len(article["fp32_compute_ops"])
+    assert search["evaluations"] <= search["bound_2klog2n"]
+    assert search["verified"]["snr_db"] >= 20.0
+    # the saved package keeps exactly the found ops in FP32
+    ops = programs.read_ops(art / "convert" / "auto" / "model.mlpackage")
+    assert sorted(r.name for r in ops if r.is_compute and r.dtype == "fp32") == sorted(search["fp32_ops"])
+    m = artifacts.read_json(art / "evaluate" / "auto" / "metrics.json")
+    m32 = artifacts.read_json(art / "evaluate" / "fp32" / "metrics.json")
+    assert m["accuracy"]["passes"] == 1
+    assert m["placement"]["ne_op_share"] >= 0.95 > m32["placement"]["ne_op_share"]
+    text = (art / "convert" / "auto" / "precision.yaml").read_text()
+    assert "compute: mixed" in text and "Verified by a real conversion" in text
+
+
+def test_found_config_converts_like_a_hand_written_one(tiny_run, monkeypatch, tmp_path):
+    """The written config is an ordinary mixed config: convert uses it as is."""
+    import shutil
+
+    from pipeline import convert
+    from pipeline.config import CONF_DIR
+
+    src = tiny_run / "artifacts" / "convert" / "auto" / "precision.yaml"
+    if not src.exists():
+        test_auto_finds_a_small_verified_set(tiny_run, monkeypatch)
+    dest = CONF_DIR / "precision" / "test_found_tmp.yaml"
+    shutil.copy(src, dest)
+    dest.write_text(dest.read_text().replace("name: auto", "name: test_found_tmp"))
+    try:
+        monkeypatch.chdir(tmp_path)
+        shutil.copytree(tiny_run / "artifacts" / "trace", tmp_path / "artifacts" / "trace")
+        convert.run(make_cfg(tmp_path, "model=tiny", "precision=test_found_tmp"))
+    finally:
+        dest.unlink()
+    report = artifacts.read_json(tmp_path / "artifacts" / "convert" / "test_found_tmp" / "report.json")
+    found = artifacts.read_json(tiny_run / "artifacts" / "convert" / "auto" / "report.json")
+    assert sorted(o["name"] for o in report["fp32_compute_ops"]) == sorted(found["search"]["fp32_ops"])
+
+
+def test_search_logs_every_candidate_to_mlflow(tiny_run, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    if not (tiny_run / "artifacts" / "convert" / "auto").exists():
+        test_auto_finds_a_small_verified_set(tiny_run, monkeypatch)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tiny_run / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("kind") == "search"]
+    assert runs
+    run = runs[0]
+    history = client.get_metric_history(run.info.run_id, "search.snr_db")
+    assert len(history) == run.data.metrics["search.evaluations"] >= 2
+    assert run.data.metrics["search.fp32_ops_chosen"] >= 1
+
+
+def test_virtual_mixed_is_bit_exact_with_a_real_mixed_conversion(tiny_run):
+    art = tiny_run / "artifacts"
+    with np.load(art / "trace" / "inputs.npz") as npz:
+        feeds = {k: npz[k][0] for k in npz.files}
+    fp32 = Emulator(art / "convert" / "fp32" / "model.mlpackage")
+    keep = {s["saved_name"] for s in
+            artifacts.read_json(art / "convert" / "mixed" / "report.json")["selected_fp32_ops"]}
+    for view, real in [(fp32.with_fp16_except(set()), "fp16"), (fp32.with_fp16_except(keep), "mixed")]:
+        got = view.run(feeds)["image_embeddings"]
+        want = Emulator(art / "convert" / real / "model.mlpackage").run(feeds)["image_embeddings"]
+        np.testing.assert_array_equal(got, want)

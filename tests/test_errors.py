@@ -42,7 +42,7 @@ def traced(stage, *argv):
 
 
 @pytest.mark.parametrize("argv,expected", [
-    (["precision=fp8"], "error: unknown precision 'fp8' -- choose one of: fp16, fp32, mixed"),
+    (["precision=fp8"], "error: unknown precision 'fp8' -- choose one of: auto, auto_edgesam, fp16, fp32, mixed"),
     (["model=nope"], "error: unknown model 'nope' -- choose one of: custom, edgesam, minilm, tiny"),
     (["backend=tpu"], "error: unknown backend 'tpu' -- choose one of: auto, emulator, coreml"),
     (["evaluate.emulator_mode=fast"], "unknown evaluate.emulator_mode 'fast'"),

@@ -399,15 +399,19 @@ def _broadcast_channels(p, x):
     return None if p is None else p.reshape([1, -1] + [1] * (x.dim() - 2))
 
 
+def _channel_affine(y, gamma, beta):
+    if gamma is not None:
+        y = y * _broadcast_channels(gamma, y)
+    if beta is not None:
+        y = y + _broadcast_channels(beta, y)
+    return y
+
+
 @op()
 def batch_norm(x, mean, variance, gamma=None, beta=None, epsilon=None):
     eps = scalar(epsilon, 1e-5)
     y = (x - _broadcast_channels(mean, x)) * torch.rsqrt(_broadcast_channels(variance, x) + eps)
-    if gamma is not None:
-        y = y * _broadcast_channels(gamma, x)
-    if beta is not None:
-        y = y + _broadcast_channels(beta, x)
-    return y
+    return _channel_affine(y, gamma, beta)
 
 
 @op()
@@ -415,12 +419,7 @@ def instance_norm(x, gamma=None, beta=None, epsilon=None):
     dims = list(range(2, x.dim()))
     mean = x.mean(dims, keepdim=True)
     var = ((x - mean) ** 2).mean(dims, keepdim=True)
-    y = (x - mean) / torch.sqrt(var + scalar(epsilon, 1e-5))
-    if gamma is not None:
-        y = y * _broadcast_channels(gamma, x)
-    if beta is not None:
-        y = y + _broadcast_channels(beta, x)
-    return y
+    return _channel_affine((x - mean) / torch.sqrt(var + scalar(epsilon, 1e-5)), gamma, beta)
 
 
 @op()

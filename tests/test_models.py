@@ -110,3 +110,27 @@ def test_image_folder_inputs(tmp_path):
     data = sample_images([{"name": "image", "shape": [1, 3, 32, 32]}], count=5, folder=str(tmp_path))
     assert data["image"].shape == (2, 1, 3, 32, 32)
     assert data["image"][0].mean() < data["image"][1].mean()
+
+
+def test_readme_custom_model_commands_work_as_written(tmp_path):
+    """The README's `model=custom` example, run as a user would, from the repo root."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("### Your own model", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [c.strip() for c in block.replace("\\\n", " ").strip().splitlines() if c.strip()]
+    assert len(commands) == 2 and commands[0].startswith("python -m pipeline.trace model=custom")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for command in commands:
+        argv = re.findall(r"'[^']*'|\S+", command)
+        argv = [a.strip("'") for a in argv][1:] + [f"paths.artifacts={tmp_path}", "tracking.enabled=false"]
+        proc = subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    report = artifacts.read_json(tmp_path / "convert" / "fp16" / "report.json")
+    assert report["model"] == "custom" and report["ops_by_dtype"] == {"fp16": report["compute_ops"]}

@@ -21,7 +21,7 @@ from pipeline import artifacts, metrics, placement, programs, tracking
 from pipeline.backends import (COMPUTE_UNITS, compute_plan, coreml_predict, measure_latency,
                                not_on_macos_reason, resolve_backend)
 from pipeline.cli import main_for
-from pipeline.config import artifacts_dir, to_dict, variant_dir
+from pipeline.config import to_dict, variant_dir
 from pipeline.convert import read_trace
 from pipeline.emulator import Emulator
 from pipeline.emulator import diagnostics as diag

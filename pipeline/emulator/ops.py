@@ -9,7 +9,7 @@ to the declared output dtype happens in the runtime, not here.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F

@@ -13,10 +13,11 @@ from pipeline.errors import UserError
 
 log = logging.getLogger("pipeline")
 
-USAGE = """usage: python -m pipeline.{stage} [--cfg] [key=value ...]
+USAGE = """usage: python -m pipeline.{stage} [--cfg] [-m] [key=value ...]
 
 Hydra overrides, for example: model=minilm precision=fp16 backend=emulator
-  --cfg    print the composed config and exit
+  --cfg          print the composed config and exit
+  -m, --multirun run once per combination of sweep values: precision=fp16,mixed
 Config groups live in conf/; see README.md."""
 
 
@@ -34,15 +35,30 @@ def setup_logging() -> None:
 def run_stage(stage: str, body: Callable[[DictConfig], object],
               argv: Sequence[str] | None = None) -> int:
     """Compose the config from argv and run ``body``; a UserError exits 2 with one line."""
-    from pipeline.config import load_config
-
     setup_logging()
     args = list(sys.argv[1:] if argv is None else argv)
     if "-h" in args or "--help" in args:
         print(USAGE.format(stage=stage))
         return 0
     show = "--cfg" in args
-    args = [a for a in args if a != "--cfg"]
+    multirun = "-m" in args or "--multirun" in args
+    args = [a for a in args if a not in ("--cfg", "-m", "--multirun")]
+    try:
+        jobs = sweep(args) if multirun else [args]
+    except UserError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    worst = 0
+    for i, job in enumerate(jobs):
+        if multirun:
+            log.info("multirun job %d/%d: %s", i + 1, len(jobs), " ".join(job))
+        worst = max(worst, _run_one(stage, body, job, show))
+    return worst
+
+
+def _run_one(stage: str, body: Callable[[DictConfig], object], args: list[str], show: bool) -> int:
+    from pipeline.config import load_config
+
     started = time.perf_counter()
     try:
         cfg = load_config(args)
@@ -58,6 +74,27 @@ def run_stage(stage: str, body: Callable[[DictConfig], object],
         return 130
     log.info("%s done in %.1f s", stage, time.perf_counter() - started)
     return 0
+
+
+def sweep(args: Sequence[str]) -> list[list[str]]:
+    """Hydra's sweep syntax (a,b / range / choice) expanded to one override list per job."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(args))
+    except HydraException as exc:
+        raise UserError(f"bad override in {list(args)}: {str(exc).splitlines()[0]}") from None
+    axes = []
+    for o in parsed:
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            axes.append([o.input_line])
+    return [list(combo) for combo in itertools.product(*axes)]
 
 
 def main_for(stage: str, body: Callable[[DictConfig], object]) -> None:

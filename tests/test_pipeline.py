@@ -160,3 +160,18 @@ def test_selector_regions_types_and_names():
     assert keep16 == [True, False, False, False, False, True, False, False, False, False, True]
     sel.check()
     assert json.dumps(spec.describe())
+
+
+def test_multirun_sweeps_run_each_job_and_exit_with_the_worst(tiny_run, capsys, monkeypatch):
+    from pipeline import convert
+    from pipeline.cli import run_stage
+
+    monkeypatch.chdir(tiny_run)
+    base = [f"paths.artifacts={tiny_run / 'artifacts'}", "model=tiny"]
+    code = run_stage("convert", convert.run, ["-m", *base, "precision=optype,nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: unknown precision 'nope'" in err
+    assert (tiny_run / "artifacts" / "convert" / "optype" / "report.json").is_file()
+    code = run_stage("convert", convert.run, ["--multirun", "--cfg", *base, "precision=fp16,fp32"])
+    out = capsys.readouterr().out
+    assert code == 0 and "compute: fp16" in out and "compute: fp32" in out

@@ -211,3 +211,24 @@ def test_sigkill_during_trace_leaves_no_trace_output(tmp_path):
     assert not trace_dir.exists() or (trace_dir / "manifest.json").is_file()
     leftovers = list((tmp_path / "a").glob(".trace.*.tmp")) if (tmp_path / "a").exists() else []
     assert all(not (p / "trace" / "manifest.json").exists() for p in leftovers)
+
+
+def test_atomic_writes_and_cleanup_of_dead_writers(tmp_path):
+    from pipeline import artifacts
+
+    dest = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with artifacts.atomic_path(dest, is_dir=True) as tmp:
+            (tmp / "half.json").write_text("{")
+            raise RuntimeError("killed")
+    assert not dest.exists() and not list(tmp_path.glob(".out.*.tmp"))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for pid, name in ((dead.pid, ".out.dead.tmp"), (os.getpid(), ".out.live.tmp")):
+        (tmp_path / name / "out").mkdir(parents=True)
+        (tmp_path / name / ".pid").write_text(str(pid))
+    with artifacts.atomic_path(dest, is_dir=True) as tmp:
+        (tmp / "ok.json").write_text("{}")
+    assert (dest / "ok.json").is_file()
+    assert not (tmp_path / ".out.dead.tmp").exists()  # a dead writer's leftovers go
+    assert (tmp_path / ".out.live.tmp").exists()      # a live writer's folder is never touched

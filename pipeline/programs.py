@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +95,3 @@ def summarize(records: list[OpRecord]) -> dict:
                              if r.dtype == "fp32"],
         "fp16_compute_ops": sum(1 for r in compute if r.dtype == "fp16"),
     }
-
-
-def as_rows(records: list[OpRecord]) -> list[dict]:
-    return [asdict(r) for r in records]

@@ -959,7 +959,3 @@ def quantize(input, scale, output_dtype, zero_point=None, axis=None):  # noqa: A
         q = q + _along(zero_point, input, axis).float()
     lo, hi = (-128, 127) if py(output_dtype) == "int8" else (0, 255)
     return q.clamp(lo, hi)
-
-
-def supported(op_type: str) -> bool:
-    return op_type in OPS

@@ -118,6 +118,8 @@ def run(cfg: DictConfig) -> None:
         raise UserError(f"unknown model.task_metric '{task}'",
                         f"choose one of: {', '.join(metrics.TASK_METRICS)} (or null)")
     backend = resolve_backend(cfg.backend)
+    if cfg.tracking.enabled:
+        tracking.check_uri(cfg.tracking.uri)  # fail before the work, not after it
     compile_record = artifacts.read_json(compile_record_path)
     compiled = None
     if backend == "coreml" and compile_record.get("coreml_compiled"):

@@ -119,10 +119,11 @@ def plots(variants: list[dict], folder: Path, fp16_limit: float) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for v in variants:
+    for i, v in enumerate(variants):
         a, p = v["metrics"]["accuracy"], v["metrics"]["placement"]
         ax.scatter(p["ne_op_share"], a["snr_db"], s=80, color="tab:green" if a["passes"] else "tab:red")
-        ax.annotate(v["name"], (p["ne_op_share"], a["snr_db"]), textcoords="offset points", xytext=(6, 4))
+        ax.annotate(v["name"], (p["ne_op_share"], a["snr_db"]), textcoords="offset points",
+                    xytext=(6, 5 if i % 2 == 0 else -14))  # staggered: close points stay legible
     tol = variants[0]["run"].get("tolerance", {}).get("min_snr_db")
     if tol is not None:
         ax.axhline(tol, color="grey", linestyle="--", linewidth=1, label=f"tolerance {tol} dB")

@@ -1,7 +1,7 @@
 """An EdgeSAM-style image encoder: a RepViT backbone and a neck with hand-written LayerNorm2d.
 
-Follows EdgeSAM's `rep_vit.py` (RepViT-M1 config, module names kept so that a real EdgeSAM
-image-encoder state dict loads): stem, four stages of RepViT blocks, a fuse of stages 3 and 4
+Follows EdgeSAM's `rep_vit.py` (RepViT-M1 config and its module names; not checked against a
+real EdgeSAM checkpoint, whose `fuse_stage3` is an OpSequential with `op_list.*` keys): stem, four stages of RepViT blocks, a fuse of stages 3 and 4
 (1x1 convs, x2 upsampling) into 256 channels, then the neck `conv1x1 -> LayerNorm2d ->
 conv3x3 -> LayerNorm2d`, whose LayerNorm2d computes `(x-u).pow(2).mean(1)` and `torch.sqrt`
 exactly as segment-anything's does. That pow is where FP16 overflows.

@@ -60,6 +60,25 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_npz(path: str | Path) -> dict:
+    """Every array of an .npz file, loaded."""
+    import numpy as np
+
+    with np.load(path) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def read_trace(artifacts_root: str | Path) -> tuple[Path, dict]:
+    """The trace stage's folder and manifest, for the stages after it."""
+    from pipeline.errors import UserError
+
+    trace_dir = Path(artifacts_root) / "trace"
+    manifest_path = trace_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise UserError(f"no traced model in {trace_dir}", "run `python -m pipeline.trace` first")
+    return trace_dir, read_json(manifest_path)
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()

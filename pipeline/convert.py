@@ -24,14 +24,6 @@ log = logging.getLogger("pipeline.convert")
 NP_DTYPES = {"float32": np.float32, "float16": np.float32, "int32": np.int32, "int64": np.int32}
 
 
-def read_trace(cfg: DictConfig) -> tuple[Path, dict]:
-    trace_dir = artifacts_dir(cfg) / "trace"
-    manifest_path = trace_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise UserError(f"no traced model in {trace_dir}", "run `python -m pipeline.trace` first")
-    return trace_dir, artifacts.read_json(manifest_path)
-
-
 def load_traced(trace_dir: Path, manifest: dict):
     import torch
 
@@ -96,7 +88,7 @@ def build_report(package: Path, spec: precision.PrecisionSpec, selector, seconds
 
 def run(cfg: DictConfig) -> None:
     spec = precision.spec_from_config(to_dict(cfg.precision))
-    trace_dir, manifest = read_trace(cfg)
+    trace_dir, manifest = artifacts.read_trace(artifacts_dir(cfg))
     traced = load_traced(trace_dir, manifest)
     log.info("converting %s to %s (%s)", manifest["model"], spec.name, spec.compute)
     found = None

@@ -21,19 +21,13 @@ from pipeline import artifacts, metrics, placement, programs, tracking
 from pipeline.backends import (COMPUTE_UNITS, compute_plan, coreml_predict, measure_latency,
                                not_on_macos_reason, resolve_backend)
 from pipeline.cli import main_for
-from pipeline.config import to_dict, variant_dir
-from pipeline.convert import read_trace
+from pipeline.config import artifacts_dir, to_dict, variant_dir
 from pipeline.emulator import Emulator
 from pipeline.emulator import diagnostics as diag
 from pipeline.errors import UserError
 
 log = logging.getLogger("pipeline.evaluate")
 REFERENCE_VARIANT = "fp32"
-
-
-def load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as npz:
-        return {k: npz[k] for k in npz.files}
 
 
 def samples(inputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -104,7 +98,7 @@ def latency_section(cfg: DictConfig, backend: str, compiled: Path | None,
 
 def run(cfg: DictConfig) -> None:
     variant = cfg.precision.name
-    trace_dir, manifest = read_trace(cfg)
+    trace_dir, manifest = artifacts.read_trace(artifacts_dir(cfg))
     package = variant_dir(cfg, "convert") / "model.mlpackage"
     compile_record_path = variant_dir(cfg, "compile") / "compile.json"
     if not package.exists():
@@ -124,8 +118,8 @@ def run(cfg: DictConfig) -> None:
     compiled = None
     if backend == "coreml" and compile_record.get("coreml_compiled"):
         compiled = variant_dir(cfg, "compile") / compile_record["compiled"]
-    inputs = load_npz(trace_dir / "inputs.npz")
-    reference = load_npz(trace_dir / "reference.npz")
+    inputs = artifacts.read_npz(trace_dir / "inputs.npz")
+    reference = artifacts.read_npz(trace_dir / "reference.npz")
     conversion = artifacts.read_json(variant_dir(cfg, "convert") / "report.json")
 
     log.info("evaluating %s/%s on %s over %d samples", manifest["model"], variant, backend,

@@ -20,7 +20,6 @@ from omegaconf import DictConfig
 from pipeline import artifacts, tracking
 from pipeline.cli import main_for
 from pipeline.config import artifacts_dir
-from pipeline.convert import read_trace
 from pipeline.emulator.diagnostics import read_table
 from pipeline.errors import UserError
 
@@ -182,7 +181,7 @@ def write_csvs(variants: list[dict], folder: Path) -> None:
 
 
 def run(cfg: DictConfig) -> None:
-    _, manifest = read_trace(cfg)
+    _, manifest = artifacts.read_trace(artifacts_dir(cfg))
     model = manifest["model"]
     variants = collect(cfg, model)
     best = recommend(variants)

@@ -242,10 +242,8 @@ def find(cfg, traced, manifest: dict, trace_dir: Path, name: str):
 
     auto = cfg.precision
     target = Target.from_config(auto.get("target"), manifest.get("tolerance") or {})
-    with np.load(trace_dir / "inputs.npz") as npz:
-        inputs = {k: npz[k] for k in npz.files}
-    with np.load(trace_dir / "reference.npz") as npz:
-        reference = {k: npz[k] for k in npz.files}
+    inputs = artifacts.read_npz(trace_dir / "inputs.npz")
+    reference = artifacts.read_npz(trace_dir / "reference.npz")
     n = min(len(next(iter(inputs.values()))), int(cfg.search.samples or 10**6))
     samples = [{k: v[i] for k, v in inputs.items()} for i in range(n)]
     reference = {k: v[:n] for k, v in reference.items()}
@@ -306,14 +304,14 @@ def search_record(result: SearchResult, target: Target, verified: dict) -> dict:
 
 
 def run(cfg) -> None:
-    from pipeline.config import CONF_DIR, to_dict
-    from pipeline.convert import load_traced, read_trace
+    from pipeline.config import CONF_DIR, artifacts_dir, to_dict
+    from pipeline.convert import load_traced
 
     spec = precision.spec_from_config(to_dict(cfg.precision))
     if spec.compute != "auto":
         raise UserError(f"pipeline.search needs precision=auto (got '{spec.name}')",
                         "run `python -m pipeline.search precision=auto`")
-    trace_dir, manifest = read_trace(cfg)
+    trace_dir, manifest = artifacts.read_trace(artifacts_dir(cfg))
     model = manifest["model"]
     name = f"auto_{model}"
     found, result, verified, *_ = find(cfg, load_traced(trace_dir, manifest), manifest, trace_dir, name)

@@ -160,9 +160,12 @@ FP16_PASS_SKIPS = {"cast", "while_loop", "cond", "make_list", "list_gather", "li
                    "list_read", "list_write", "list_length", "read_state", "coreml_update_state"}
 
 
-def virtual_mixed(plan: Plan, keep_fp32: set[str], mode: str) -> Plan:
-    """A plan of the FP32 program with every float op not in ``keep_fp32`` typed FP16."""
+def virtual_mixed(plan: Plan, keep_fp32: set[str], mode: str,
+                  half_consts: dict[str, Any] | None = None) -> Plan:
+    """A plan of the FP32 program with every float op not in ``keep_fp32`` typed FP16.
+    ``half_consts`` keeps the FP16 copies of weights between calls (one per search candidate)."""
     native = mode == "native_fp16"
+    half_consts = {} if half_consts is None else half_consts
     consts = dict(plan.consts)
     const_dtypes = dict(plan.const_dtypes)
     effective: dict[str, str] = {n: d for n, (d, _) in plan.inputs.items()}
@@ -182,9 +185,10 @@ def virtual_mixed(plan: Plan, keep_fp32: set[str], mode: str) -> Plan:
             for n in names:
                 if n in consts and const_dtypes.get(n) == "fp32" and isinstance(consts[n], torch.Tensor):
                     half = n + "@fp16"
-                    if half not in consts:
-                        consts[half] = to_dtype(consts[n], "fp16", native)
-                        const_dtypes[half] = "fp16"
+                    if half not in half_consts:
+                        half_consts[half] = to_dtype(consts[n], "fp16", native)
+                    consts[half] = half_consts[half]
+                    const_dtypes[half] = "fp16"
                     renamed.append(half)
                     float_inputs.append(half)
                 else:
@@ -246,6 +250,7 @@ class Emulator:
         self.program = load_program(self.package)
         self.plan = build_plan(self.program, self.device, mode)
         self.fallbacks: set[str] = set()
+        self._half_consts: dict[str, Any] = {}  # FP16 weight copies for with_fp16_except
         threads = os.environ.get("PIPELINE_TORCH_THREADS")
         if threads:
             torch.set_num_threads(int(threads))
@@ -275,7 +280,7 @@ class Emulator:
         import copy
 
         view = copy.copy(self)
-        view.plan = virtual_mixed(self.plan, keep_fp32, self.mode)
+        view.plan = virtual_mixed(self.plan, keep_fp32, self.mode, self._half_consts)
         view.fallbacks = set()
         return view
 

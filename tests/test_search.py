@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import numpy as np
 
+import shutil
+
+import pytest
+
 from pipeline import artifacts, programs
 from pipeline.emulator import Emulator
 from tests.conftest import make_cfg
 
 
-def test_auto_finds_a_small_verified_set(tiny_run, monkeypatch):
+@pytest.fixture(scope="module")
+def tiny_copy(tiny_run, tmp_path_factory):
+    """The search adds a variant and MLflow runs: work on a copy, so the shared run stays
+    as the other tests expect it, whatever the order."""
+    dest = tmp_path_factory.mktemp("tiny_search") / "run"
+    shutil.copytree(tiny_run, dest)
+    return dest
+
+
+def test_auto_finds_a_small_verified_set(tiny_copy, monkeypatch):
     from pipeline import compile as compile_stage
     from pipeline import convert, evaluate
 
-    monkeypatch.chdir(tiny_run)
-    cfg = make_cfg(tiny_run, "model=tiny", "precision=auto")
+    monkeypatch.chdir(tiny_copy)
+    cfg = make_cfg(tiny_copy, "model=tiny", "precision=auto")
     convert.run(cfg)
     compile_stage.run(cfg)
     evaluate.run(cfg)
-    art = tiny_run / "artifacts"
+    art = tiny_copy / "artifacts"
     report = artifacts.read_json(art / "convert" / "auto" / "report.json")
     search = report["search"]
     article = artifacts.read_json(art / "convert" / "mixed" / "report.json")
@@ -36,36 +49,34 @@ def test_auto_finds_a_small_verified_set(tiny_run, monkeypatch):
     assert "compute: mixed" in text and "Verified by a real conversion" in text
 
 
-def test_found_config_converts_like_a_hand_written_one(tiny_run, monkeypatch, tmp_path):
+def test_found_config_converts_like_a_hand_written_one(tiny_copy, monkeypatch, tmp_path):
     """The written config is an ordinary mixed config: convert uses it as is."""
-    import shutil
-
     from pipeline import convert
     from pipeline.config import CONF_DIR
 
-    src = tiny_run / "artifacts" / "convert" / "auto" / "precision.yaml"
+    src = tiny_copy / "artifacts" / "convert" / "auto" / "precision.yaml"
     if not src.exists():
-        test_auto_finds_a_small_verified_set(tiny_run, monkeypatch)
+        test_auto_finds_a_small_verified_set(tiny_copy, monkeypatch)
     dest = CONF_DIR / "precision" / "test_found_tmp.yaml"
     shutil.copy(src, dest)
     dest.write_text(dest.read_text().replace("name: auto", "name: test_found_tmp"))
     try:
         monkeypatch.chdir(tmp_path)
-        shutil.copytree(tiny_run / "artifacts" / "trace", tmp_path / "artifacts" / "trace")
+        shutil.copytree(tiny_copy / "artifacts" / "trace", tmp_path / "artifacts" / "trace")
         convert.run(make_cfg(tmp_path, "model=tiny", "precision=test_found_tmp"))
     finally:
         dest.unlink()
     report = artifacts.read_json(tmp_path / "artifacts" / "convert" / "test_found_tmp" / "report.json")
-    found = artifacts.read_json(tiny_run / "artifacts" / "convert" / "auto" / "report.json")
+    found = artifacts.read_json(tiny_copy / "artifacts" / "convert" / "auto" / "report.json")
     assert sorted(o["name"] for o in report["fp32_compute_ops"]) == sorted(found["search"]["fp32_ops"])
 
 
-def test_search_logs_every_candidate_to_mlflow(tiny_run, monkeypatch):
+def test_search_logs_every_candidate_to_mlflow(tiny_copy, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    if not (tiny_run / "artifacts" / "convert" / "auto").exists():
-        test_auto_finds_a_small_verified_set(tiny_run, monkeypatch)
-    client = MlflowClient(tracking_uri=f"sqlite:///{tiny_run / 'mlflow.db'}")
+    if not (tiny_copy / "artifacts" / "convert" / "auto").exists():
+        test_auto_finds_a_small_verified_set(tiny_copy, monkeypatch)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tiny_copy / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tiny")
     runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("kind") == "search"]
     assert runs
@@ -75,8 +86,8 @@ def test_search_logs_every_candidate_to_mlflow(tiny_run, monkeypatch):
     assert run.data.metrics["search.fp32_ops_chosen"] >= 1
 
 
-def test_virtual_mixed_is_bit_exact_with_a_real_mixed_conversion(tiny_run):
-    art = tiny_run / "artifacts"
+def test_virtual_mixed_is_bit_exact_with_a_real_mixed_conversion(tiny_copy):
+    art = tiny_copy / "artifacts"
     with np.load(art / "trace" / "inputs.npz") as npz:
         feeds = {k: npz[k][0] for k in npz.files}
     fp32 = Emulator(art / "convert" / "fp32" / "model.mlpackage")

@@ -7,6 +7,7 @@ to the declared output dtype happens in the runtime, not here.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -26,12 +27,22 @@ VALUE_PRESERVING = {
 }
 
 
-def op(*names: str):
+def op(*names: str, opset: bool = False):
+    """Register ``fn`` as the kernel of MIL op types ``names`` (default: its own name).
+    ``opset=True``: the op's semantics changed between opsets; the kernel takes ``opset``
+    (coremltools' AvailableTarget value of the program: iOS15 = 6 ... iOS18 = 9)."""
     def register(fn):
+        fn.wants_opset = opset
         for name in names or (fn.__name__,):
             OPS[name] = fn
         return fn
     return register
+
+
+def kernel(op_type: str, opset: int) -> Callable[..., Any]:
+    """The kernel of ``op_type`` for a program of opset ``opset``."""
+    fn = OPS[op_type]
+    return functools.partial(fn, opset=opset) if getattr(fn, "wants_opset", False) else fn
 
 
 def py(value: Any) -> Any:
@@ -44,8 +55,11 @@ def py(value: Any) -> Any:
 
 
 def ints(value: Any) -> list[int]:
+    """A const parameter as a flat list of ints (nested lists row by row)."""
     v = py(value)
-    return [int(v)] if isinstance(v, (int, float, bool)) else [int(a) for a in v]
+    if isinstance(v, (int, float, bool)):
+        return [int(v)]
+    return [i for a in v for i in (ints(a) if isinstance(a, (list, tuple)) else [int(a)])]
 
 
 def axes_of(axes: Any, rank: int) -> list[int] | None:

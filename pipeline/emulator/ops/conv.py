@@ -5,7 +5,7 @@ from typing import Any
 
 import torch.nn.functional as F
 
-from pipeline.emulator.ops.base import op, py, ints, spatial_pads, torch_pad
+from pipeline.emulator.ops.base import ints, op, py, spatial_pads, t, torch_pad
 
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -69,3 +69,16 @@ def conv_transpose(x, weight, bias=None, pad=None, output_shape=None, pad_type=N
     if bias is not None:
         y = y + bias.reshape([1, -1] + [1] * n)
     return y
+
+
+@op()
+def conv_quantized(x, weight, quantization_type, quant_scale, quant_bias, bias=None, nbits=None,
+                   strides=None, pad_type=None, pad=None, dilations=None, groups=None):
+    """conv with a quantized weight: ``linear`` W = W_q * quant_scale + quant_bias;
+    ``lut`` W = quant_scale[W_q] (quant_scale holds the 2^nbits table)."""
+    weight, scale = t(weight), t(quant_scale, x)
+    if py(quantization_type) == "lut":
+        w = scale.reshape(-1)[weight.long()]
+    else:
+        w = weight.to(x.dtype) * scale + t(quant_bias, x)
+    return conv(x, w.to(x.dtype), bias, strides, pad_type, pad, dilations, groups)

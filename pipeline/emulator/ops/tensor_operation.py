@@ -149,3 +149,59 @@ def topk(x, k=None, axis=None, ascending=None, sort=None, return_indices=None,
 @op()
 def non_zero(x):
     return torch.nonzero(x)
+
+
+def _iou(a, b):
+    """IoU of boxes in (center_x, center_y, width, height)."""
+    def corners(v):
+        return v[..., 0] - v[..., 2] / 2, v[..., 1] - v[..., 3] / 2, \
+            v[..., 0] + v[..., 2] / 2, v[..., 1] + v[..., 3] / 2
+    ax0, ay0, ax1, ay1 = corners(a)
+    bx0, by0, bx1, by1 = corners(b)
+    inter = (torch.minimum(ax1, bx1) - torch.maximum(ax0, bx0)).clamp(min=0) * \
+        (torch.minimum(ay1, by1) - torch.maximum(ay0, by0)).clamp(min=0)
+    return inter / (a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter)
+
+
+def _greedy(boxes, score, ids, iou_threshold, max_boxes):
+    keep: list[int] = []
+    for i in sorted(ids, key=lambda k: -float(score[k])):
+        if len(keep) == max_boxes:
+            break
+        if all(float(_iou(boxes[i], boxes[j])) <= iou_threshold for j in keep):
+            keep.append(i)
+    return keep
+
+
+@op()
+def non_maximum_suppression(boxes, scores, iou_threshold, max_boxes, score_threshold=None,
+                            per_class_suppression=None):
+    """Greedy NMS on each batch, boxes ranked by their best class score; outputs padded to
+    ``max_boxes`` (zeros, index -1), at least one box kept (coremltools' op tests'
+    reference, ops/tests/iOS14/test_tensor_operation.py). iOS17 has no score threshold."""
+    n_batch, n_box, n_score = scores.shape
+    k = int(py(max_boxes))
+    iou_t = scalar(iou_threshold, 0.0)
+    thr = scalar(score_threshold, float("-inf"))
+    out_boxes = torch.zeros(n_batch, k, 4, dtype=boxes.dtype)
+    out_scores = torch.zeros(n_batch, k, n_score, dtype=scores.dtype)
+    out_ids = torch.full((n_batch, k), -1, dtype=torch.int32)
+    counts = torch.zeros(n_batch, dtype=torch.int32)
+    for b in range(n_batch):
+        best = scores[b].max(-1)
+        ids = [i for i in range(n_box) if float(best.values[i]) > thr]
+        if py(per_class_suppression):
+            keep = []
+            for c in sorted({int(best.indices[i]) for i in ids}):
+                keep += _greedy(boxes[b], best.values,
+                                [i for i in ids if int(best.indices[i]) == c], iou_t, k)
+            keep = sorted(keep, key=lambda i: -float(best.values[i]))[:k]
+        else:
+            keep = _greedy(boxes[b], best.values, ids, iou_t, k)
+        keep = keep or [int(best.values.argmax())]
+        n = len(keep)
+        out_boxes[b, :n] = boxes[b, keep].cpu()
+        out_scores[b, :n] = scores[b, keep].cpu()
+        out_ids[b, :n] = torch.tensor(keep, dtype=torch.int32)
+        counts[b] = n
+    return out_boxes, out_scores, out_ids, counts

@@ -17,6 +17,7 @@ def _along(p, x, axis):
 
 @op()
 def dequantize(input, scale, zero_point=None, axis=None):  # noqa: A002 - MIL's name
+    input = t(input)
     x = input.float()
     if zero_point is not None:
         x = x - _along(zero_point, input, axis).float()
@@ -25,6 +26,7 @@ def dequantize(input, scale, zero_point=None, axis=None):  # noqa: A002 - MIL's 
 
 @op()
 def quantize(input, scale, output_dtype, zero_point=None, axis=None):  # noqa: A002
+    input = t(input)
     q = torch.round(input / _along(scale, input, axis))
     if zero_point is not None:
         q = q + _along(zero_point, input, axis).float()

@@ -556,3 +556,30 @@ def test_constexpr_ops_match_coremltools_decompression(opset, op_name, inputs):
     if len(ref) == 2:
         dense[ref[0] != 0] = ref[1]
     close(np.asarray(dense, np.float32), emulated)
+
+
+@pytest.mark.parametrize("target", [iOS16, iOS18], ids=["iOS16", "iOS18"])
+@pytest.mark.parametrize("method", ["palettize", "quantize", "prune"])
+def test_packages_compressed_by_coremltools_optimize_emulate(tmp_path, target, method):
+    """A saved package whose weight coremltools.optimize compressed: the emulator's own
+    decompression gives the output of coremltools' decompression of the same op."""
+    import coremltools.optimize.coreml as cto
+
+    w = RNG.standard_normal((16, 8)).astype(np.float32)
+    prog = mb.program(input_specs=[mb.TensorSpec((2, 8))], opset_version=target)(
+        lambda x: mb.linear(x=x, weight=w))
+    ml = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target,
+                    compute_precision=ct.precision.FLOAT32)
+    config, compress = {
+        "palettize": (cto.OpPalettizerConfig(nbits=2, mode="kmeans", weight_threshold=1),
+                      cto.palettize_weights),
+        "quantize": (cto.OpLinearQuantizerConfig(weight_threshold=1), cto.linear_quantize_weights),
+        "prune": (cto.OpMagnitudePrunerConfig(target_sparsity=0.5, weight_threshold=1),
+                  cto.prune_weights)}[method]
+    compress(ml, cto.OptimizationConfig(global_config=config)).save(str(tmp_path / "c.mlpackage"))
+    em = Emulator(tmp_path / "c.mlpackage")
+    (op,) = [o for o in em.program.functions["main"].operations if o.op_type.startswith("constexpr_")]
+    ref_w = np.asarray(op.materialized_val_inference(), np.float32)
+    assert np.abs(ref_w - w).max() > 1e-3  # really compressed: the weight changed
+    x = f32(2, 8)
+    close(x @ ref_w.T, emulate(None, feeds={"x": x}, emulator=em)[0], tol=1e-5)

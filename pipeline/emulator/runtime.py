@@ -301,7 +301,8 @@ Observer = Callable[[Step, list[torch.Tensor]], None]
 
 
 class Emulator:
-    """Runs one saved .mlpackage. ``run(feeds)`` maps input names to arrays."""
+    """Runs one saved .mlpackage (or an in-memory MIL program). ``run(feeds)`` maps input
+    names to arrays; a stateful program keeps its state between calls (see make_state)."""
 
     def __init__(self, package: str | Path | None, mode: str = "fp32_compute",
                  device: str = "cpu", program=None):

@@ -130,6 +130,7 @@ def build_plan(prog, device: torch.device, mode: str) -> Plan:
     const_dtypes: dict[str, str] = {}
     var_dtypes: dict[str, str] = {n: dtype_str(v) for n, v in func.inputs.items()}
     steps = _block_steps(func, consts, const_dtypes, var_dtypes, device, mode, opset)
+    consts.pop(_RAW, None)  # the NumPy copies of decompressed weights: folding is done
     shapes = {n: (dtype_str(v), tuple(int(s) for s in v.shape)) for n, v in func.inputs.items()}
     states = {n: shapes[n] for n, v in func.inputs.items() if types.is_state(v.sym_type)}
     inputs = {n: spec for n, spec in shapes.items() if n not in states}

@@ -106,18 +106,19 @@ def test_lists_written_in_a_loop_read_gathered_and_scattered():
 
 # ------------------------------------------------------------------ state
 
-def accumulator():
+def accumulator(mode="fp32_compute"):
     @mb.program(input_specs=[mb.StateTensorSpec((1, 4), dtype=types.fp16),
                              mb.TensorSpec((1, 4), dtype=types.fp16)], opset_version=iOS18)
     def prog(acc, x):
         total = mb.add(x=mb.read_state(input=acc), y=x)
         mb.coreml_update_state(state=acc, value=total)
         return mb.mul(x=total, y=np.float16(2.0))
-    return Emulator(None, program=prog)
+    return Emulator(None, mode, program=prog)
 
 
-def test_state_persists_across_calls_and_resets():
-    em = accumulator()
+@pytest.mark.parametrize("mode", ["fp32_compute", "native_fp16"])
+def test_state_persists_across_calls_and_resets(mode):
+    em = accumulator(mode)
     xs = [np.full((1, 4), v, np.float16) for v in (1.0, 2.5, -0.5)]
     outs = [em.run({"x": x})[em.plan.outputs[0]] for x in xs]
     close([2 * np.cumsum([1.0, 2.5, -0.5])[i] * np.ones((1, 4)) for i in range(3)], outs)

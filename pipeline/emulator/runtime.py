@@ -329,6 +329,8 @@ class Emulator:
 
     # -- values ------------------------------------------------------------------------
     def _store(self, value: Any, dtype: str) -> Any:
+        if isinstance(value, torch.Tensor) and value.device != self.device:
+            value = value.to(self.device)  # ops that draw or build on the CPU (random, nms)
         return to_dtype(value, dtype, self.mode == "native_fp16", self.device)
 
     def feed(self, feeds: dict[str, Any]) -> dict[str, Any]:

@@ -99,9 +99,13 @@ class Plan:
     opset: int = 0  # the program's opset (coremltools' AvailableTarget value: iOS17 = 8)
 
     def op_types(self) -> dict[str, int]:
+        """Op counts by type, the ops inside nested blocks included."""
         counts: dict[str, int] = {}
         for s in self.steps:
             counts[s.op_type] = counts.get(s.op_type, 0) + 1
+            for block in s.blocks:
+                for op_type, n in block.op_types().items():
+                    counts[op_type] = counts.get(op_type, 0) + n
         return counts
 
 

@@ -2,6 +2,7 @@
 tiny randomly initialised config (conf/model/*_tiny.yaml, no download), trace, convert and
 emulate; their FP32 programs match PyTorch to 1e-4 and their FP16 programs run. The torch op
 converters the project adds (pipeline/converters/torch_ops.py) are each checked against torch.
+End-to-end tests are marked slow (about 1 minute together on 2 cores; they run in `make test`).
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def converted(tmp_path_factory):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", FAMILIES)
 def test_fp32_program_matches_pytorch(converted, model):
     errors = max_rel_errors(converted(model), "fp32")
@@ -55,6 +57,7 @@ def test_fp32_program_matches_pytorch(converted, model):
     assert max(errors.values()) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", FAMILIES)
 def test_fp16_program_runs_in_fp16_and_stays_close(converted, model):
     art = converted(model)
@@ -67,6 +70,7 @@ def test_fp16_program_runs_in_fp16_and_stays_close(converted, model):
     assert all(1e-5 < e < 2e-2 for e in errors.values()), errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["bert_tiny", "gpt2_tiny", "llama_tiny"])
 def test_padding_mask_is_an_input_not_a_trace_time_constant(converted, model):
     """Traced with an all-ones attention mask, the program still follows a padded mask."""
@@ -93,6 +97,7 @@ def test_padding_mask_is_an_input_not_a_trace_time_constant(converted, model):
     assert max(max_rel_errors(art, "fp32", inputs, reference).values()) < 1e-4
 
 
+@pytest.mark.slow
 def test_bert_converts_through_torch_export_too(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     art = run_variants(tmp_path, "bert_tiny", ("fp32",), "trace.method=export", evaluate=False)
@@ -100,6 +105,7 @@ def test_bert_converts_through_torch_export_too(tmp_path, monkeypatch):
     assert max(max_rel_errors(art, "fp32").values()) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(raises=UserError, strict=False,
                    reason="the emulator's gather_nd reads a small const index table as a list "
                    "(pipeline/emulator/ops/scatter_gather.py); the conversion itself succeeds")
@@ -121,6 +127,16 @@ def test_convert_failure_after_export_suggests_jit(tmp_path):
     with pytest.raises(StageError, match="try trace.method=jit") as info:
         convert.run(make_cfg(tmp_path, *overrides, "precision=fp32"))
     assert "trace.method=export" not in str(info.value)
+
+
+def test_checkpoint_is_the_transformers_models_own_state_dict(tmp_path):
+    cfg = dict(make_cfg(tmp_path, "model=bert_tiny").model)
+    trained = models.build_model(cfg).model               # the BertModel inside
+    state = {k: v + 1.0 if v.is_floating_point() else v for k, v in trained.state_dict().items()}
+    torch.save(state, tmp_path / "bert.pt")
+    loaded = models.build_model({**cfg, "checkpoint": str(tmp_path / "bert.pt")})
+    key = "embeddings.word_embeddings.weight"
+    assert torch.equal(loaded.model.state_dict()[key], state[key])
 
 
 # ------------------------------------------------------------------ the converters, one by one

@@ -106,9 +106,6 @@ def test_bert_converts_through_torch_export_too(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=UserError, strict=False,
-                   reason="the emulator's gather_nd reads a small const index table as a list "
-                   "(pipeline/emulator/ops/scatter_gather.py); the conversion itself succeeds")
 def test_llama_without_a_mask_uses_grouped_query_attention(tmp_path, monkeypatch):
     """No mask: transformers traces its packed-sequence check (torch.diff) and passes
     enable_gqa=True to scaled_dot_product_attention (4 query heads, 2 key/value heads)."""

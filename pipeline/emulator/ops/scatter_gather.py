@@ -35,7 +35,7 @@ def gather_along_axis(x, indices, axis=None, validate_indices=None):
 @op()
 def gather_nd(x, indices, batch_dims=None, validate_indices=None):
     b = int(py(batch_dims) or 0)
-    idx = t(indices).long()
+    x, idx = t(x), t(indices).long()  # small consts arrive as lists
     if b:
         outs = [gather_nd(xi, ii) for xi, ii in
                 zip(x.reshape((-1,) + tuple(x.shape[b:])), idx.reshape((-1,) + tuple(idx.shape[b:])))]

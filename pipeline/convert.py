@@ -17,6 +17,7 @@ from pipeline import artifacts, precision, programs
 from pipeline.backends import coremltools
 from pipeline.cli import main_for
 from pipeline.config import artifacts_dir, to_dict, variant_dir
+from pipeline.converters import torch_ops  # noqa: F401  (registers converters coremltools lacks)
 from pipeline.emulator.runtime import load_program
 from pipeline.errors import StageError, UserError
 
@@ -57,9 +58,11 @@ def convert_program(traced, manifest: dict, spec: precision.PrecisionSpec, targe
         raise
     except Exception as exc:
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()] or [type(exc).__name__]
+        other = "jit" if manifest["method"] == "export" else "export"
         raise StageError("convert", f"coremltools could not convert model "
                          f"'{manifest['model']}' ({spec.name}): {lines[-1]}",
-                         "rewrite the named op in the model, or try trace.method=export") from None
+                         f"try trace.method={other}, rewrite the named op in the model, or "
+                         "register a converter for it in pipeline/converters/torch_ops.py") from None
     if selector is not None:
         selector.check()
     return mlmodel, selector, time.perf_counter() - started

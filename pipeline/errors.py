@@ -31,7 +31,7 @@ class UnsupportedOpError(UserError):
     def __init__(self, op_type: str, op_name: str):
         super().__init__(
             f"emulator: MIL op type '{op_type}' (op '{op_name}') is not implemented",
-            "use backend=coreml on macOS, or add the op to pipeline/emulator/ops.py",
+            "use backend=coreml on macOS, or add the op to pipeline/emulator/ops/",
         )
         self.op_type = op_type
         self.op_name = op_name

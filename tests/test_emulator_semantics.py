@@ -8,35 +8,56 @@ import torch
 
 from pipeline.backends import coremltools
 from pipeline.emulator import Emulator
-from pipeline.emulator.runtime import to_dtype
 from pipeline.errors import UnsupportedOpError, UserError
 
 ct = coremltools()
 
 
-def half(values):
-    return to_dtype(torch.tensor(values, dtype=torch.float32), "fp16").numpy()
+def fp16_program(body, n: int, mode: str = "fp32_compute", device: str = "cpu"):
+    """An emulator of a MIL program: FP32 input -> cast to FP16 -> ``body`` (FP16 ops)."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    @mb.program(input_specs=[mb.TensorSpec((n,), dtype=types.fp32)], opset_version=ct.target.iOS17)
+    def prog(x):
+        return body(mb, mb.cast(x=x, dtype="fp16"))
+    return Emulator(None, mode, device, program=prog)
 
 
-def test_fp16_limit_overflow_and_rounding():
-    out = half([65504.0, 65519.0, 65520.0, -70000.0, 1e10])
-    assert out[0] == 65504.0 and out[1] == 65504.0          # rounds down below the midpoint
-    assert np.isposinf(out[2]) and np.isneginf(out[3]) and np.isposinf(out[4])
+def emulate_half(values, body=lambda mb, h: mb.identity(x=h), mode="fp32_compute"):
+    x = np.array(values, np.float32)
+    em = fp16_program(body, len(x), mode)
+    return em.run({"x": x})[em.plan.outputs[0]]
 
 
-def test_fp16_subnormals_and_underflow():
-    tiny = 2.0 ** -24                                         # smallest positive subnormal
-    out = half([tiny, 1.5 * tiny, 2.0 ** -25, 2.0 ** -26, 6.1e-5])
-    assert out[0] == tiny and out[1] == 2 * tiny              # ties to even
-    assert out[2] == 0.0 and out[3] == 0.0                    # 2^-25 is a tie: rounds to 0
-    assert out[4] == np.float32(np.float16(6.1e-5))
+EDGES = [65504.0, 65519.0, 65520.0, -70000.0, 1e10, 2.0 ** -24, 1.5 * 2.0 ** -24, 2.0 ** -25,
+         2.0 ** -26, 6.1e-5, 1 + 2.0 ** -11, 1 + 1.5 * 2.0 ** -10, 2049.0, 2051.0]
 
 
-def test_fp16_round_to_nearest_even():
-    one_ulp = 2.0 ** -10
-    out = half([1 + one_ulp / 2, 1 + 1.5 * one_ulp, 2049.0, 2051.0])
-    assert out[0] == 1.0 and out[1] == 1 + 2 * one_ulp
-    assert out[2] == 2048.0 and out[3] == 2052.0
+@pytest.mark.parametrize("mode", ["fp32_compute", "native_fp16"])
+def test_cast_to_fp16_rounds_like_numpy_half(mode):
+    """The emulator's cast (its runtime's FP16 storage) against NumPy's IEEE half."""
+    out = emulate_half(EDGES, mode=mode)
+    np.testing.assert_array_equal(out, np.array(EDGES, np.float32).astype(np.float16).astype(np.float32))
+    assert out[0] == 65504.0 and out[1] == 65504.0 and np.isposinf(out[2])  # limit, overflow
+    assert out[5] == 2.0 ** -24 and out[6] == 2.0 ** -23 and out[7] == 0.0  # subnormal ties to even
+    assert out[10] == 1.0 and out[12] == 2048.0 and out[13] == 2052.0       # ties to even
+
+
+@pytest.mark.parametrize("mode", ["fp32_compute", "native_fp16"])
+def test_fp16_ops_round_their_output_once_like_numpy_half(mode):
+    """Each FP16 op rounds its exact result once, as NumPy's float16 arithmetic does:
+    (2050 + 1) * 0.75 is 1539 (the sum rounds to 2052 first; 1538 unrounded), and
+    (65504 + 32) * 0.75 is inf (the sum overflows; 49152 unrounded)."""
+    a = np.array([2050.0, 300.0, 65504.0, 2.0 ** -20, -3.3], np.float32)
+    c = np.array([1.0, 1.0, 32.0, 1.0, 1.0], np.float16)
+
+    def body(mb, h):
+        return mb.mul(x=mb.add(x=h, y=c), y=np.float16(0.75))
+    out = emulate_half(a, body, mode)
+    ref = ((a.astype(np.float16) + c) * np.float16(0.75)).astype(np.float32)
+    np.testing.assert_array_equal(out, ref)  # NumPy rounds after each op
+    assert out[0] == 1539.0 and np.isposinf(out[2])
 
 
 def convert(model, x, precision, path):
@@ -85,6 +106,32 @@ def test_unknown_mode_and_missing_cuda_are_clear_errors(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_fp32_convolution_and_matmul_are_not_tf32():
+    """PyTorch lets cuDNN convolutions use TF32 (10-bit mantissa, errors near 1e-3) unless
+    told not to: an FP32 program on CUDA must match a float64 reference to FP32 precision."""
+    from coremltools.converters.mil import Builder as mb
+
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default for convolutions
+    torch.backends.cuda.matmul.allow_tf32 = True
+    rng = np.random.default_rng(0)
+    x, w, m = (rng.standard_normal(s).astype(np.float32) for s in ((1, 64, 24, 24), (64, 64, 3, 3), (64, 96)))
+
+    @mb.program(input_specs=[mb.TensorSpec(x.shape)], opset_version=ct.target.iOS17)
+    def prog(x_in):
+        y = mb.conv(x=x_in, weight=w, pad_type="same")
+        return y, mb.matmul(x=mb.reshape(x=y, shape=[64 * 24, 24]), y=m[:24])
+
+    em = Emulator(None, device="cuda", program=prog)
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    conv, mm = (em.run({"x_in": x})[n] for n in em.plan.outputs)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(),
+                                     padding=1)
+    ref_mm = ref.reshape(64 * 24, 24) @ torch.from_numpy(m[:24]).double()
+    assert np.abs(conv - ref.numpy()).max() / np.abs(ref.numpy()).max() < 1e-5
+    assert np.abs(mm - ref_mm.numpy()).max() / np.abs(ref_mm.numpy()).max() < 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_cuda_matches_cpu(tmp_path):
     p = convert(Square(), torch.ones(1, 4), ct.precision.FLOAT16, tmp_path / "s.mlpackage")
     x = np.array([[1.0, 2.0, 300.0, 400.0]], np.float32)
@@ -92,17 +139,18 @@ def test_cuda_matches_cpu(tmp_path):
                                   Emulator(p).run({"x": x})["y"])
 
 
-def test_an_unimplemented_op_stops_with_its_type_and_name(tmp_path):
+def test_an_unimplemented_op_stops_with_its_type_and_name():
+    """Every iOS15-iOS18 op runs (test_emulator_coverage.py); a program that still holds a
+    converter's dialect op (here the torch frontend's, normally lowered by a pass) stops."""
     from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch import dialect_ops  # noqa: F401 - registers it
 
-    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 2, 8))], opset_version=ct.target.iOS16)
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 2, 4, 4))], opset_version=ct.target.iOS16)
     def prog(x):
-        return mb.sliding_windows(x=x, axis=2, size=3, stride=1, name="windows")
+        return mb.torch_upsample_nearest_neighbor(x=x, output_height=8, output_width=8,
+                                                  name="up")
 
-    ml = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
-                    compute_precision=ct.precision.FLOAT32)
-    ml.save(str(tmp_path / "w.mlpackage"))
     with pytest.raises(UnsupportedOpError) as info:
-        Emulator(tmp_path / "w.mlpackage")
-    assert info.value.op_type == "sliding_windows" and info.value.op_name == "windows"
-    assert "sliding_windows" in info.value.one_line() and "windows" in info.value.one_line()
+        Emulator(None, program=prog)
+    assert info.value.op_type == "torch_upsample_nearest_neighbor" and info.value.op_name == "up"
+    assert "torch_upsample_nearest_neighbor" in info.value.one_line()

@@ -42,7 +42,7 @@ def traced(stage, *argv):
 
 @pytest.mark.parametrize("argv,expected", [
     (["precision=fp8"], "error: unknown precision 'fp8' -- choose one of: auto, auto_edgesam, fp16, fp32, mixed"),
-    (["model=nope"], "error: unknown model 'nope' -- choose one of: custom, edgesam, minilm, tiny"),
+    (["model=nope"], "error: unknown model 'nope' -- choose one of: bert_tiny, custom, edgesam, gpt2_tiny, llama_tiny, minilm, tiny, vit_tiny"),
     (["backend=tpu"], "error: unknown backend 'tpu' -- choose one of: auto, emulator, coreml"),
     (["evaluate.emulator_mode=fast"], "unknown evaluate.emulator_mode 'fast'"),
     (["precision=="], "bad override"),

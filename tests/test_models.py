@@ -9,6 +9,8 @@ from pipeline import artifacts
 from pipeline.emulator import Emulator
 from tests.conftest import make_cfg, run_variants
 
+MIXED_GAIN_DB = 1.0   # measured: fp16 57.69 dB, mixed_layernorm 59.44 dB (2 cores, Linux, emulated)
+
 
 def fp32_emulated_vs_pytorch(art):
     manifest = artifacts.read_json(art / "trace" / "manifest.json")
@@ -35,13 +37,36 @@ def test_fp32_program_matches_pytorch(tmp_path, monkeypatch, model, overrides):
     assert fp32_emulated_vs_pytorch(art) < 1e-4
 
 
+def snr_db_by_hand(art, variant):
+    """10·log10(Σref² / Σerr²) over all samples of the package's emulated outputs, in float64,
+    computed here from reference.npz rather than by pipeline/metrics.py."""
+    manifest = artifacts.read_json(art / "trace" / "manifest.json")
+    with np.load(art / "trace" / "inputs.npz") as inp, np.load(art / "trace" / "reference.npz") as ref:
+        inputs, reference = dict(inp), dict(ref)
+    emu = Emulator(art / "convert" / variant / "model.mlpackage")
+    sig = noise = 0.0
+    for i in range(manifest["samples"]):
+        out = emu.run({k: v[i] for k, v in inputs.items()})
+        for name in manifest["outputs"]:
+            r = reference[name][i].astype(np.float64)
+            sig += float((r ** 2).sum())
+            noise += float(((out[name].astype(np.float64) - r) ** 2).sum())
+    return 10 * np.log10(sig / noise)
+
+
 def test_minilm_variants_report_accuracy_with_real_weights(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     variants = ("fp32", "fp16", "mixed_layernorm")
     art = run_variants(tmp_path, "minilm", variants, "tracking.enabled=false")
     m = {v: artifacts.read_json(art / "evaluate" / v / "metrics.json")["accuracy"] for v in variants}
-    print({v: (a["snr_db"], a["cosine_min"]) for v, a in m.items()})
-    assert m["mixed_layernorm"]["snr_db"] > m["fp16"]["snr_db"] - 3
+    by_hand = {v: snr_db_by_hand(art, v) for v in ("fp16", "mixed_layernorm")}
+    print({v: (a["snr_db"], a["cosine_min"]) for v, a in m.items()}, by_hand)
+    # the reported SNR is the one computed independently from the emulated outputs
+    for v, snr in by_hand.items():
+        assert abs(m[v]["snr_db"] - snr) < 0.01, (v, m[v]["snr_db"], snr)
+    # keeping the 13 layer_norm ops in FP32 removes their FP16 rounding: more accurate than
+    # all-FP16, by MIXED_GAIN_DB at least (measured: see the printed figures)
+    assert by_hand["mixed_layernorm"] > by_hand["fp16"] + MIXED_GAIN_DB
     assert m["fp32"]["nearest_neighbour"] == 1.0 and m["fp32"]["snr_db"] > 80
     # real weights, FP16: close but not exact; the neighbours survive
     assert 25 < m["fp16"]["snr_db"] < 80 and m["fp16"]["cosine_min"] > 0.999

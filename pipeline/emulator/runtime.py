@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from pipeline.emulator.ops import OPS, VALUE_PRESERVING
+from pipeline.emulator.ops import OPS, VALUE_PRESERVING, kernel
+from pipeline.emulator.ops.states import State
 from pipeline.errors import UnsupportedOpError, UserError
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,10 @@ def dtype_str(var) -> str:
     try:
         return types.builtin_to_string(var.dtype)
     except Exception:  # tuple / list / state types
-        return str(var.dtype)
+        try:
+            return str(var.dtype)
+        except ValueError:  # a list var has no dtype
+            return "list"
 
 
 @dataclass
@@ -80,6 +84,7 @@ class Step:
     float_inputs: list[str]
     round_output: bool = True
     round_inputs: frozenset = frozenset()  # var inputs to round to FP16 first (virtual mixed)
+    blocks: tuple = ()  # sub-plans of the op's nested blocks (cond, while_loop)
 
 
 @dataclass
@@ -90,11 +95,17 @@ class Plan:
     inputs: dict[str, tuple[str, tuple[int, ...]]]
     outputs: list[str]
     free_after: dict[int, list[str]] = field(default_factory=dict)
+    states: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
+    opset: int = 0  # the program's opset (coremltools' AvailableTarget value: iOS17 = 8)
 
     def op_types(self) -> dict[str, int]:
+        """Op counts by type, the ops inside nested blocks included."""
         counts: dict[str, int] = {}
         for s in self.steps:
             counts[s.op_type] = counts.get(s.op_type, 0) + 1
+            for block in s.blocks:
+                for op_type, n in block.op_types().items():
+                    counts[op_type] = counts.get(op_type, 0) + n
         return counts
 
 
@@ -113,24 +124,39 @@ def _const_value(val: Any, dtype: str, device: torch.device, mode: str) -> Any:
 
 
 def build_plan(prog, device: torch.device, mode: str) -> Plan:
-    """Turn a MIL function into a flat list of steps; fail fast on unknown ops."""
+    """Turn a MIL function into a list of steps (nested blocks into sub-plans); fail fast on
+    unknown ops."""
+    from coremltools.converters.mil.mil import types
+
     func = prog.functions["main"]
+    opset = int(getattr(func, "opset_version", None) or 0)
     consts: dict[str, Any] = {}
     const_dtypes: dict[str, str] = {}
     var_dtypes: dict[str, str] = {n: dtype_str(v) for n, v in func.inputs.items()}
+    steps = _block_steps(func, consts, const_dtypes, var_dtypes, device, mode, opset)
+    consts.pop(_RAW, None)  # the NumPy copies of decompressed weights: folding is done
+    shapes = {n: (dtype_str(v), tuple(int(s) for s in v.shape)) for n, v in func.inputs.items()}
+    states = {n: shapes[n] for n, v in func.inputs.items() if types.is_state(v.sym_type)}
+    inputs = {n: spec for n, spec in shapes.items() if n not in states}
+    outputs = [v.name for v in func.outputs]
+    plan = Plan(steps, consts, const_dtypes, inputs, outputs, states=states, opset=opset)
+    plan.free_after = _last_uses(plan)
+    return plan
+
+
+def _block_steps(block, consts, const_dtypes, var_dtypes, device, mode, opset) -> list[Step]:
     steps: list[Step] = []
-    for op in func.operations:
+    for op in block.operations:
         outs = list(op.outputs)
         if op.op_type == "const" or op.op_type.startswith("constexpr_"):
-            for v in outs:
-                val = v.val
-                if val is None:
-                    with quiet():
-                        val = op.value_inference()
+            # constexpr_* (compressed weights) fold once, by the emulator's own kernels
+            vals = [v.val for v in outs] if op.op_type == "const" else \
+                _fold(op, consts.setdefault(_RAW, {}))
+            for v, val in zip(outs, vals):
                 consts[v.name] = _const_value(val, dtype_str(v), device, mode)
                 const_dtypes[v.name] = dtype_str(v)
             continue
-        if op.blocks or op.op_type not in OPS:
+        if op.op_type not in OPS:
             raise UnsupportedOpError(op.op_type, op.name)
         args: list[tuple[str, int, Any]] = []
         float_inputs: list[str] = []
@@ -142,18 +168,47 @@ def build_plan(prog, device: torch.device, mode: str) -> Plan:
                 names = [value.name]
                 args.append((param, 0 if value.name in consts else 1, value.name))
             float_inputs += [n for n in names if (var_dtypes.get(n) or const_dtypes.get(n)) in FLOAT]
+        blocks = tuple(_sub_plan(b, consts, const_dtypes, var_dtypes, device, mode, opset)
+                       for b in op.blocks)
         dtypes = [dtype_str(v) for v in outs]
         for v, d in zip(outs, dtypes):
             var_dtypes[v.name] = d
         preserving = op.op_type in VALUE_PRESERVING and all(
             (var_dtypes.get(n) or const_dtypes.get(n)) == "fp16" for n in float_inputs)
-        steps.append(Step(len(steps), op.op_type, op.name, OPS[op.op_type], args,
-                          [v.name for v in outs], dtypes, float_inputs, not preserving))
-    inputs = {n: (dtype_str(v), tuple(int(s) for s in v.shape)) for n, v in func.inputs.items()}
-    outputs = [v.name for v in func.outputs]
-    plan = Plan(steps, consts, const_dtypes, inputs, outputs)
-    plan.free_after = _last_uses(plan)
-    return plan
+        steps.append(Step(len(steps), op.op_type, op.name, kernel(op.op_type, opset), args,
+                          [v.name for v in outs], dtypes, float_inputs, not preserving,
+                          blocks=blocks))
+    return steps
+
+
+def _shape(var) -> tuple:
+    try:
+        return tuple(var.shape)
+    except ValueError:  # a list var has no shape
+        return ()
+
+
+_RAW = "@constexpr"  # consts key: NumPy values of constexpr outputs, for chained constexpr ops
+
+
+def _fold(op, raw: dict[str, Any]) -> list[Any]:
+    kwargs = {p: raw[v.name] if v.val is None and v.name in raw else v.val
+              for p, v in op.inputs.items()}
+    vals = OPS[op.op_type](**kwargs)
+    vals = list(vals) if isinstance(vals, tuple) else [vals]
+    raw.update({v.name: val for v, val in zip(op.outputs, vals)})
+    return vals
+
+
+def _sub_plan(block, consts, const_dtypes, var_dtypes, device, mode, opset) -> Plan:
+    """A nested block (a cond branch, a loop's condition or body) as a plan that shares the
+    program's consts; its inputs are the block's inputs (the loop variables)."""
+    inputs = {v.name: (dtype_str(v), _shape(v)) for v in block.inputs}
+    var_dtypes.update({n: d for n, (d, _) in inputs.items()})
+    steps = _block_steps(block, consts, const_dtypes, var_dtypes, device, mode, opset)
+    sub = Plan(steps, consts, const_dtypes, inputs, [v.name for v in block.outputs], opset=opset)
+    sub.free_after = _last_uses(sub, local={n for s in steps for n in s.outputs})
+    return sub
 
 
 FP16_PASS_SKIPS = {"cast", "while_loop", "cond", "make_list", "list_gather", "list_scatter",
@@ -203,19 +258,31 @@ def virtual_mixed(plan: Plan, keep_fp32: set[str], mode: str,
             effective[name] = d
         preserving = step.op_type in VALUE_PRESERVING
         steps.append(Step(step.index, step.op_type, step.name, step.fn, args, step.outputs,
-                          dtypes, float_inputs, not preserving, frozenset(rounds)))
-    out = Plan(steps, consts, const_dtypes, plan.inputs, plan.outputs)
+                          dtypes, float_inputs, not preserving, frozenset(rounds), step.blocks))
+    # nested blocks (loop bodies, branches) stay as converted: cond and while_loop are skipped
+    out = Plan(steps, consts, const_dtypes, plan.inputs, plan.outputs, states=plan.states,
+               opset=plan.opset)
     out.free_after = _last_uses(out)
     return out
 
 
-def _last_uses(plan: Plan) -> dict[int, list[str]]:
+def _uses(step: Step) -> set[str]:
+    """The names a step reads, its nested blocks' reads of outer names included."""
+    names = {n for _, kind, payload in step.args for n in (payload if kind == 2 else [payload])}
+    for block in step.blocks:
+        inner = {n for s in block.steps for n in _uses(s)} | set(block.outputs)
+        names |= inner - set(block.inputs) - {n for s in block.steps for n in s.outputs}
+    return names
+
+
+def _last_uses(plan: Plan, local: set[str] | None = None) -> dict[int, list[str]]:
+    """Names to drop after each step: their last reader ran. In a sub-plan only names the
+    block defines itself (``local``); the enclosing plan owns the rest."""
     last: dict[str, int] = {}
     for step in plan.steps:
-        for _, kind, payload in step.args:
-            for name in (payload if kind == 2 else [payload]):
-                if name not in plan.consts:
-                    last[name] = step.index
+        for name in _uses(step):
+            if name not in plan.consts and (local is None or name in local):
+                last[name] = step.index
     keep = set(plan.outputs)
     free: dict[int, list[str]] = {}
     for name, idx in last.items():
@@ -239,24 +306,35 @@ Observer = Callable[[Step, list[torch.Tensor]], None]
 
 
 class Emulator:
-    """Runs one saved .mlpackage. ``run(feeds)`` maps input names to arrays."""
+    """Runs one saved .mlpackage (or an in-memory MIL program). ``run(feeds)`` maps input
+    names to arrays; a stateful program keeps its state between calls (see make_state)."""
 
-    def __init__(self, package: str | Path, mode: str = "fp32_compute", device: str = "cpu"):
+    def __init__(self, package: str | Path | None, mode: str = "fp32_compute",
+                 device: str = "cpu", program=None):
+        """``package``: a saved .mlpackage; or ``program``: an in-memory MIL program (as
+        coremltools' Builder makes it), with ``package`` None."""
         if mode not in MODES:
             raise UserError(f"unknown emulator mode '{mode}'", f"choose one of: {', '.join(MODES)}")
         self.mode = mode
         self.device = resolve_device(device)
-        self.package = Path(package)
-        self.program = load_program(self.package)
+        self.package = Path(package) if package is not None else None
+        self.program = program if program is not None else load_program(self.package)
         self.plan = build_plan(self.program, self.device, mode)
         self.fallbacks: set[str] = set()
         self._half_consts: dict[str, Any] = {}  # FP16 weight copies for with_fp16_except
+        self.state: dict[str, State] | None = None  # created by the first stateful run
+        if self.device.type == "cuda":
+            # FP32 means FP32: PyTorch lets cuDNN convolutions (and, if set, matmuls) use TF32
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         threads = os.environ.get("PIPELINE_TORCH_THREADS")
         if threads:
             torch.set_num_threads(int(threads))
 
     # -- values ------------------------------------------------------------------------
     def _store(self, value: Any, dtype: str) -> Any:
+        if isinstance(value, torch.Tensor) and value.device != self.device:
+            value = value.to(self.device)  # ops that draw or build on the CPU (random, nms)
         return to_dtype(value, dtype, self.mode == "native_fp16", self.device)
 
     def feed(self, feeds: dict[str, Any]) -> dict[str, Any]:
@@ -284,13 +362,37 @@ class Emulator:
         view.fallbacks = set()
         return view
 
+    # -- state (iOS18 stateful programs: ct.StateType, read_state / coreml_update_state) -----
+    def make_state(self) -> dict[str, State]:
+        """Fresh state buffers, zero-filled as Core ML's MLModel.makeState() allocates them
+        (developer.apple.com/documentation/coreml/mlmodel/makestate())."""
+        return {name: State(self._store(torch.zeros(shape, device=self.device), dtype))
+                for name, (dtype, shape) in self.plan.states.items()}
+
+    def reset_state(self) -> None:
+        """Start the emulator-held state (used when ``run`` gets no ``state``) from zeros."""
+        self.state = self.make_state()
+
     # -- execution ---------------------------------------------------------------------
     @torch.inference_mode()
-    def run(self, feeds: dict[str, Any], observe: Observer | None = None) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, Any], observe: Observer | None = None,
+            state: dict[str, State] | None = None) -> dict[str, np.ndarray]:
+        """One prediction. A stateful program reads and updates ``state`` in place (from
+        ``make_state()``), or the emulator's own state when none is given."""
         env = self.feed(feeds)
-        consts = self.plan.consts
+        if self.plan.states:
+            if state is None:
+                if self.state is None:
+                    self.reset_state()
+                state = self.state
+            env.update({name: state[name] for name in self.plan.states})
+        self._run_steps(self.plan, env, observe)
+        return {name: _output(env[name]) for name in self.plan.outputs}
+
+    def _run_steps(self, plan: Plan, env: dict[str, Any], observe: Observer | None) -> None:
+        consts = plan.consts
         native = self.mode == "native_fp16"
-        for step in self.plan.steps:
+        for step in plan.steps:
             kwargs = {}
             for param, kind, payload in step.args:
                 if kind == 0:
@@ -303,6 +405,8 @@ class Emulator:
                     kwargs[param] = [consts[n] if n in consts else
                                      to_dtype(env[n], "fp16", native, self.device)
                                      if n in step.round_inputs else env[n] for n in payload]
+            if step.blocks:
+                kwargs["blocks"] = [self._block_runner(b, env) for b in step.blocks]
             try:
                 result = self._call(step, kwargs, native)
             except UserError:
@@ -322,10 +426,18 @@ class Emulator:
                 stored.append(env[name])
             if observe is not None:
                 observe(step, stored)
-            for name in self.plan.free_after.get(step.index, ()):
+            for name in plan.free_after.get(step.index, ()):
                 env.pop(name, None)
-        return {name: env[name].float().cpu().numpy() if env[name].is_floating_point()
-                else env[name].cpu().numpy() for name in self.plan.outputs}
+
+    def _block_runner(self, block: Plan, env: dict[str, Any]) -> Callable[..., list[Any]]:
+        """A nested block as a function of its inputs (loop variables) returning its outputs;
+        it reads outer values from ``env``. Ops inside blocks are not observed."""
+        def run_block(*values: Any) -> list[Any]:
+            for (name, (dtype, _)), value in zip(block.inputs.items(), values):
+                env[name] = self._store(value, dtype)
+            self._run_steps(block, env, None)
+            return [block.consts[n] if n in block.consts else env[n] for n in block.outputs]
+        return run_block
 
     def _call(self, step: Step, kwargs: dict[str, Any], native: bool):
         if not native or "fp16" not in step.dtypes:
@@ -346,6 +458,8 @@ def to_dtype(value: Any, dtype: str, native: bool = False, device=None) -> Any:
     """An op result in its declared dtype's storage: fp16 values are rounded to IEEE half
     (kept as float32 tensors unless ``native``); ints truncate toward zero."""
     if not isinstance(value, torch.Tensor):
+        if dtype not in TORCH_DTYPES and dtype not in FLOAT:  # a MIL list or state: as is
+            return value
         value = torch.as_tensor(value, device=device)
     if dtype == "fp16":
         half = value.to(torch.float16)
@@ -356,6 +470,13 @@ def to_dtype(value: Any, dtype: str, native: bool = False, device=None) -> Any:
     if not target.is_floating_point and target != torch.bool and value.is_floating_point():
         value = torch.trunc(value)
     return value.to(target)
+
+
+def _output(value: Any) -> Any:
+    """A program output as NumPy (floats as float32); a classifier's label or dict as is."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    return value.float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy()
 
 
 def _to_half(v: Any) -> Any:

@@ -48,6 +48,12 @@ class InputSpec:
             raise UserError(f"input '{name}': shape {list(shape)} must be all positive",
                             "Core ML conversion here uses static shapes")
         rng = raw.get("range") or [None, None]
+        if len(rng) != 2 or (None not in rng and rng[0] > rng[1]):
+            raise UserError(f"input '{name}': range {list(rng)} is not [low, high] with low <= high",
+                            "write range: [low, high]")
+        if dtype.startswith("int") and None not in rng and any(int(v) != v for v in rng):
+            raise UserError(f"input '{name}': integer input with a fractional range {list(rng)}",
+                            "give whole numbers, e.g. range: [0, 999] for token ids")
         return InputSpec(str(name), shape, dtype, rng[0], rng[1])
 
 
@@ -143,12 +149,17 @@ def make_inputs(model_cfg: Mapping[str, Any]) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
         arrays = {}
         for s in specs:
-            lo = -1.0 if s.low is None else s.low
-            hi = 1.0 if s.high is None else s.high
             shape = (count,) + s.shape
-            if s.dtype.startswith("int"):
-                arrays[s.name] = rng.integers(int(lo), int(hi) + 1, shape).astype(DTYPES[s.dtype])
+            if s.dtype.startswith("int"):  # token ids, masks, indices: no default range fits all
+                if s.low is None or s.high is None:
+                    raise UserError(f"integer input '{s.name}' has no range to draw values from",
+                                    "add range: [low, high] (both included) to the input, e.g. "
+                                    "[0, vocab_size - 1] for token ids, [1, 1] for an attention "
+                                    "mask; or give model.data")
+                arrays[s.name] = rng.integers(int(s.low), int(s.high) + 1, shape).astype(DTYPES[s.dtype])
             else:
+                lo = -1.0 if s.low is None else s.low
+                hi = 1.0 if s.high is None else s.high
                 arrays[s.name] = rng.uniform(lo, hi, shape).astype(DTYPES[s.dtype])
     return check_inputs(specs, arrays)
 

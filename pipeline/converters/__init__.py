@@ -1,0 +1,1 @@
+"""Machinery for converting models: torch op converters coremltools lacks (torch_ops.py)."""

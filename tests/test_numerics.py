@@ -96,3 +96,26 @@ def test_matmul_error_grows_with_k_like_the_m4(tmp_path):
         if k == 8192:
             ieee = emulate(tmp_path, torch.matmul, x, IEEE, w, "k8192i")
             assert np.linalg.norm(ieee - exact) / np.linalg.norm(exact) < 1e-3
+
+
+def test_probe_suite_reproduces_the_published_values_and_writes_a_usable_profile(tmp_path):
+    import yaml
+
+    from pipeline.probe import run_suite, to_profile
+
+    m = run_suite()  # off macOS: through the emulator under the published `ne` profile
+    assert m["matmul_inf_cliff"] == 32768.0                  # AF115, AG3
+    assert 10.3 < m["softplus_cliff"] < 10.5                 # CT2687: 10.408
+    assert abs(m["logsumexp_collapse_c32"] - 7.63) <= 0.02   # CT2690: 7.6313
+    assert abs(m["exp_inf"] - 11.094) < 0.01                 # AG3
+    assert 0.001 < m["sigmoid_max_abs_error"] < 0.01         # AG3: 0.0034
+    assert 0.0005 < m["tanh_max_abs_error"] < 0.005          # AG3: 0.0017
+    assert m["softmax_1000_1_2_3"] == 1.0 and m["nan_plus_1"] == math.inf
+    assert m["sigmoid_of_nan"] == 1.0
+    path = tmp_path / "measured.yaml"
+    path.write_text(yaml.safe_dump(to_profile(m, "M4", "emulated")))
+    prof = load_profile(str(path))
+    assert prof.value("accumulator_limit") == 32768.0 and "lane_tile" in prof.rules
+    x = np.full((2, 33), 1000.0, np.float32)
+    out = emulate(tmp_path, torch.matmul, x, Numerics("device", str(path)), torch.ones(33, 4), "p")
+    assert np.isinf(out).all()

@@ -203,13 +203,17 @@ def table(name: str, prof: Profile) -> Callable[[torch.Tensor], torch.Tensor]:
     n = int(prof.value("activation_table")["knots"])
     lo, hi = (float(v) for v in spec["domain"])
     knots, slope, icpt = _table(name, lo, hi, n, spec.get("knots", "uniform"))
+    linear_tail = spec.get("tail") == "asymptote"
 
     def run(x: torch.Tensor) -> torch.Tensor:
         x = nan_to_inf(x)
         xc = x.clamp(lo, hi)
         k = knots.to(x.device)
         i = (torch.bucketize(xc, k) - 1).clamp(0, n - 2)
-        return h(h(slope.to(x.device)[i] * xc) + icpt.to(x.device)[i])
+        y = h(h(slope.to(x.device)[i] * xc) + icpt.to(x.device)[i])
+        if linear_tail:  # gelu, silu: past the domain the table follows its asymptote (x, 0)
+            y = torch.where(x > hi, x, torch.where(x < lo, torch.zeros_like(x), y))
+        return y
     return run
 
 

@@ -48,7 +48,19 @@ def nan_to_inf(x: Any) -> Any:
 def store(x: torch.Tensor) -> torch.Tensor:
     """The engine's output store: fp16 rounding; it never outputs NaN (indeterminate -> +0)."""
     y = h(x)
-    return torch.nan_to_num(y, nan=0.0, posinf=INF, neginf=-INF)
+    return torch.nan_to_num_(y, nan=0.0, posinf=INF, neginf=-INF)
+
+
+def saturate_raw(x: torch.Tensor, limit: float) -> torch.Tensor:
+    """``saturate`` for values not yet rounded to fp16 (the store rounds them): those that
+    round to >= limit become inf. One reduction when nothing is near the limit (the hot path)."""
+    if not x.numel():
+        return x
+    lo, hi = torch.aminmax(x)
+    edge = limit * (1 - 2.0 ** -12)  # rounds up to limit (ties to even) from here
+    if max(-float(lo), float(hi)) < edge:
+        return x
+    return torch.where(x.abs() >= edge, x * INF, x)
 
 
 # ---------------------------------------------------------------- multiply-accumulate
@@ -122,7 +134,7 @@ def output_checked(fn: Callable, prof: Profile, min_terms: int = 2) -> Callable:
     limit = float(prof.value("accumulator_limit"))
 
     def run(**kw):
-        return saturate(h(fn(**kw)), limit)
+        return saturate_raw(fn(**kw), limit)
     return run
 
 
@@ -130,17 +142,26 @@ def conv(prof: Profile) -> Callable:
     limit = float(prof.value("accumulator_limit"))
     tile = int(prof.value("partial_sum_tile"))
 
+    w_l1: dict[int, torch.Tensor] = {}  # per weight tensor
+
     def run(x, weight, bias=None, **kw):
         groups = int(ops.py(kw.get("groups")) or 1)
         taps = weight[0].numel()  # K = Cin/groups * kernel size
         if taps < 2:  # a single-tap conv does not go through the accumulator port
             return ops.conv(x, weight, bias, **kw)
-        bound = float(x.abs().amax()) * float(weight.abs().flatten(1).sum(1).amax())
+        if taps <= tile or groups != 1:  # one tile (or grouped): only the output is checked
+            return saturate_raw(ops.conv(x, weight, bias, **kw), limit)
+        key = id(weight)
+        if key not in w_l1:  # per (output, input) channel: sum over the kernel of |w|
+            w_l1[key] = weight.abs().flatten(2).sum(2)
+        # a bound on every partial sum: per input channel max |x| times sum |w| (a small
+        # matrix-vector product); below 2^15 nothing inside the op can saturate
+        peak = x.abs().amax(dim=[0] + list(range(2, x.dim())))
+        bound = float((w_l1[key] @ peak).amax())
         if bias is not None:
             bound += float(bias.abs().amax())
-        if bound < limit or taps <= tile or groups != 1:
-            # no partial sum can reach 2^15 (or one tile): only the output is checked
-            return saturate(h(ops.conv(x, weight, bias, **kw)), limit)
+        if bound < limit:  # only the output is checked
+            return saturate_raw(ops.conv(x, weight, bias, **kw), limit)
         per = max(1, tile // weight[0, 0].numel())  # input channels per tile of 128 terms
         parts = [ops.conv(x[:, c:c + per], weight[:, c:c + per], None, **kw)
                  for c in range(0, x.shape[1], per)]
@@ -156,7 +177,7 @@ def conv_transpose(prof: Profile) -> Callable:
 
     def run(x, weight, bias=None, **kw):
         y = ops.conv_transpose(x, weight, bias, **kw)
-        return saturate(h(y), limit) if weight[0].numel() >= 2 else y
+        return saturate_raw(y, limit) if weight[0].numel() >= 2 else y
     return run
 
 
@@ -205,7 +226,7 @@ def table(name: str, prof: Profile) -> Callable[[torch.Tensor], torch.Tensor]:
     knots, slope, icpt = _table(name, lo, hi, n, spec.get("knots", "uniform"))
     linear_tail = spec.get("tail") == "asymptote"
 
-    def run(x: torch.Tensor) -> torch.Tensor:
+    def evaluate(x: torch.Tensor) -> torch.Tensor:
         x = nan_to_inf(x)
         xc = x.clamp(lo, hi)
         k = knots.to(x.device)
@@ -214,6 +235,14 @@ def table(name: str, prof: Profile) -> Callable[[torch.Tensor], torch.Tensor]:
         if linear_tail:  # gelu, silu: past the domain the table follows its asymptote (x, 0)
             y = torch.where(x > hi, x, torch.where(x < lo, torch.zeros_like(x), y))
         return y
+
+    # inputs are fp16: the table over all 65536 fp16 bit patterns, evaluated once, is exact
+    # (indexed by the signed 16-bit pattern; torch.take reads negative indices from the end)
+    every = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    lut = evaluate(every.to(torch.float32))
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.take(lut.to(x.device), x.to(torch.float16).view(torch.int16).long())
     return run
 
 

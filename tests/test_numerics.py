@@ -119,3 +119,19 @@ def test_probe_suite_reproduces_the_published_values_and_writes_a_usable_profile
     x = np.full((2, 33), 1000.0, np.float32)
     out = emulate(tmp_path, torch.matmul, x, Numerics("device", str(path)), torch.ones(33, 4), "p")
     assert np.isinf(out).all()
+
+
+def test_numerics_config_names_and_mistakes():
+    from pipeline.config import load_config, validate
+    from pipeline.emulator.numerics import numerics_from
+    from pipeline.errors import UserError
+
+    assert numerics_from(load_config()).mode == "device"  # the default
+    assert numerics_from(load_config(["evaluate.emulator_mode=fp32_compute"])).mode == "ieee"
+    forced = numerics_from(load_config(["evaluate.numerics_profile=ne", "evaluate.chip=M5"]))
+    assert forced.describe() == "device (M5, profile ne forced)"
+    assert forced.get("ne").value("subnormal_flush_accumulator") is False  # M5 keeps them
+    with pytest.raises(UserError, match="unknown evaluate.numerics 'fast'"):
+        validate(load_config(["evaluate.numerics=fast"]))
+    with pytest.raises(UserError, match="unknown numerics profile 'tpu'"):
+        validate(load_config(["evaluate.numerics_profile=tpu"]))

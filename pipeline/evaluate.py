@@ -40,10 +40,17 @@ def stack(outputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.stack([o[k] for o in outputs]) for k in outputs[0]}
 
 
-def emulate(cfg: DictConfig, package: Path, inputs: dict[str, np.ndarray], variant: str):
+def emulate(cfg: DictConfig, package: Path, inputs: dict[str, np.ndarray], variant: str,
+            compiled: Path | None = None):
     """Run the variant in the emulator, with per-op diagnostics against the FP32 program;
-    under device numerics also under IEEE numerics (outputs in the last item, else None)."""
+    under device numerics also under IEEE numerics (outputs in the last item, else None).
+    With a compiled model (macOS), each op's unit comes from Core ML's compute plan."""
     numerics, device = numerics_from(cfg), cfg.evaluate.device
+    if compiled is not None and numerics.per_op and not numerics.profile:
+        from pipeline.emulator.numerics.apply import units_from_compute_plan
+        numerics.units = units_from_compute_plan(
+            compute_plan(compiled, cfg.evaluate.placement_compute_units))
+        numerics.compute_units += " (Core ML compute plan)"
     emulator = Emulator(package, device=device, numerics=numerics)
     reference = None
     if cfg.evaluate.diagnostics and variant != REFERENCE_VARIANT:
@@ -156,7 +163,8 @@ def run(cfg: DictConfig) -> None:
              manifest["samples"])
     out_dir = variant_dir(cfg, "evaluate")
     with artifacts.atomic_path(out_dir, is_dir=True) as tmp:
-        outputs, rows, emu_seconds, fallbacks, ieee_outputs = emulate(cfg, package, inputs, variant)
+        outputs, rows, emu_seconds, fallbacks, ieee_outputs = emulate(cfg, package, inputs, variant,
+                                                                      compiled)
         accuracy_source = "emulated"
         if backend == "coreml" and compiled is not None:
             outputs = stack(coreml_predict(compiled, inputs))

@@ -277,7 +277,8 @@ class Emulator:
         from pipeline.emulator.numerics import apply
 
         units = None
-        if self.numerics.per_op and not self.numerics.profile and package:
+        if self.numerics.per_op and not self.numerics.profile and package \
+                and self.numerics.units is None:
             from pipeline.programs import op_records
             units = apply.units_for(op_records(self.program), self.numerics.compute_units)
         apply.apply(plan, self.numerics, units)

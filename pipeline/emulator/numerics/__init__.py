@@ -71,6 +71,7 @@ class Numerics:
     chip: str = DEFAULT_CHIP
     compute_units: str = "ALL"
     profiles: dict[str, Profile] = field(default_factory=dict)
+    units: dict[str, str] | None = None  # measured placement (op or output name -> unit), macOS
 
     @property
     def runtime_mode(self) -> str:

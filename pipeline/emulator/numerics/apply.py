@@ -24,6 +24,11 @@ def units_for(records: list[OpRecord], compute_units: str = "ALL") -> dict[str, 
     return {row.name: row.device for row in placement.estimate(records, compute_units)}
 
 
+def units_from_compute_plan(rows: list[dict]) -> dict[str, str]:
+    """The measured placement (backends.compute_plan rows, keyed by output name) as units."""
+    return {r["op"]: r["device"] for r in rows if r.get("device") in UNIT_PROFILES}
+
+
 def records_of(plan) -> list[OpRecord]:
     """Op records of a plan (for virtual mixed plans, which have no package of their own)."""
     recs = []
@@ -47,6 +52,8 @@ def apply(plan, numerics: Numerics, units: dict[str, str] | None = None) -> None
         for s in plan.steps:
             s.numerics = numerics.mode
         return
+    if numerics.units is not None and not numerics.profile:
+        units = numerics.units
     if numerics.profile is None and units is None:
         units = units_for(records_of(plan), numerics.compute_units)
     cache: dict[str, tuple[dict, Callable | None]] = {}
@@ -57,7 +64,8 @@ def apply(plan, numerics: Numerics, units: dict[str, str] | None = None) -> None
         elif numerics.profile:
             name = numerics.profile
         else:
-            name = UNIT_PROFILES.get((units or {}).get(s.name, "CPU"), IEEE)
+            unit = (units or {}).get(s.name) or (units or {}).get(s.outputs[0], "CPU")
+            name = UNIT_PROFILES.get(unit, IEEE)
         s.numerics = name if "fp16" in s.dtypes else IEEE
         if name == IEEE or "fp16" not in s.dtypes:
             for o in s.outputs:

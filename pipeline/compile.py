@@ -19,6 +19,7 @@ from pipeline.backends import compile_package, not_on_macos_reason, resolve_back
 from pipeline.cli import main_for
 from pipeline.config import variant_dir
 from pipeline.emulator import Emulator
+from pipeline.emulator.numerics import numerics_from
 from pipeline.errors import UserError
 
 log = logging.getLogger("pipeline.compile")
@@ -39,7 +40,7 @@ def run(cfg: DictConfig) -> None:
             compiled = compile_package(package, tmp)
             record.update(compiled=compiled.name, coreml_compiled=True)
         else:
-            emulator = Emulator(package, cfg.evaluate.emulator_mode, "cpu")
+            emulator = Emulator(package, device="cpu", numerics=numerics_from(cfg))
             record.update(
                 coreml_compiled=False,
                 reason=not_on_macos_reason().replace("nothing was measured",

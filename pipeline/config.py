@@ -58,10 +58,12 @@ def _missing_option(exc: Exception, overrides: list[str], conf_dir: Path) -> Use
 def validate(cfg: DictConfig) -> None:
     if cfg.backend not in BACKENDS:
         raise UserError(f"unknown backend '{cfg.backend}'", f"choose one of: {', '.join(BACKENDS)}")
-    mode = cfg.evaluate.emulator_mode
-    if mode not in ("fp32_compute", "native_fp16"):
+    mode = cfg.evaluate.get("emulator_mode")
+    if mode is not None and mode not in ("fp32_compute", "native_fp16"):
         raise UserError(f"unknown evaluate.emulator_mode '{mode}'",
-                        "choose fp32_compute (default) or native_fp16")
+                        "use evaluate.numerics=device|ieee|native_fp16 (emulator_mode is legacy)")
+    from pipeline.emulator.numerics import numerics_from
+    numerics_from(cfg)  # a bad evaluate.numerics or numerics_profile fails here
 
 
 def to_dict(cfg: DictConfig) -> dict:

@@ -24,6 +24,7 @@ from pipeline.cli import main_for
 from pipeline.config import artifacts_dir, to_dict, variant_dir
 from pipeline.emulator import Emulator
 from pipeline.emulator import diagnostics as diag
+from pipeline.emulator.numerics import Numerics, numerics_from
 from pipeline.errors import UserError
 
 log = logging.getLogger("pipeline.evaluate")
@@ -39,24 +40,60 @@ def stack(outputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.stack([o[k] for o in outputs]) for k in outputs[0]}
 
 
-def emulate(cfg: DictConfig, package: Path, inputs: dict[str, np.ndarray], variant: str):
-    """Run the variant in the emulator, with per-op diagnostics against the FP32 program."""
-    mode, device = cfg.evaluate.emulator_mode, cfg.evaluate.device
-    emulator = Emulator(package, mode, device)
+def emulate(cfg: DictConfig, package: Path, inputs: dict[str, np.ndarray], variant: str,
+            compiled: Path | None = None):
+    """Run the variant in the emulator, with per-op diagnostics against the FP32 program;
+    under device numerics also under IEEE numerics (outputs in the last item, else None).
+    With a compiled model (macOS), each op's unit comes from Core ML's compute plan."""
+    numerics, device = numerics_from(cfg), cfg.evaluate.device
+    if compiled is not None and numerics.per_op and not numerics.profile:
+        from pipeline.emulator.numerics.apply import units_from_compute_plan
+        numerics.units = units_from_compute_plan(
+            compute_plan(compiled, cfg.evaluate.placement_compute_units))
+        numerics.compute_units += " (Core ML compute plan)"
+    emulator = Emulator(package, device=device, numerics=numerics)
     reference = None
     if cfg.evaluate.diagnostics and variant != REFERENCE_VARIANT:
         ref_package = variant_dir(cfg, "convert", REFERENCE_VARIANT) / "model.mlpackage"
         if ref_package.exists():
-            reference = Emulator(ref_package, mode, device)
+            reference = Emulator(ref_package, device=device, numerics=numerics)
         else:
             log.warning("no fp32 package at %s: per-op errors vs FP32 are left empty", ref_package)
+    ieee = None
+    if numerics.mode == "device":
+        ieee = Emulator(package, device=device, numerics=Numerics("ieee"))
     started = time.perf_counter()
-    outs, rows = diag.run_diagnostics(emulator, reference, samples(inputs))
+    outs, rows, ieee_outs = diag.run_diagnostics(emulator, reference, samples(inputs), ieee)
     seconds = time.perf_counter() - started
     if reference is None and variant != REFERENCE_VARIANT:
         for r in rows:
             r.rel_error_vs_fp32 = None
-    return stack(outs), rows, seconds, sorted(emulator.fallbacks)
+    return (stack(outs), rows, seconds, sorted(emulator.fallbacks),
+            stack(ieee_outs) if ieee_outs else None)
+
+
+# ---- numerics (issue 12): which numerics produced the numbers, and IEEE where they differ
+def numerics_section(cfg: DictConfig, rows, accuracy: dict, ieee_outputs, reference,
+                     tolerance: dict, task) -> dict:
+    num = numerics_from(cfg)
+    used: dict[str, int] = {}
+    for r in rows:
+        used[r.numerics] = used.get(r.numerics, 0) + 1
+    section: dict = {"mode": num.mode, "profile": num.profile or "per-op placement",
+                     "chip": num.chip, "description": num.describe(), "ops_by_profile": used,
+                     "first_divergence_vs_ieee": diag.first_divergence(rows)}
+    if ieee_outputs is not None:
+        acc = metrics.accuracy(reference, ieee_outputs, tolerance, task)
+        section["ieee"] = {k: acc[k] for k in ("passes", "cosine_min", "snr_db")}
+        if acc["passes"] != accuracy["passes"]:
+            first = section["first_divergence_vs_ieee"]
+            section["verdict_changed"] = (
+                f"{'fails' if not accuracy['passes'] else 'passes'} under device numerics, "
+                f"{'passes' if acc['passes'] else 'fails'} under IEEE"
+                + (f": device and IEEE first part at {first['op_type']} '{first['name']}' "
+                   f"({first['numerics']} profile)" if first else ""))
+    return section
+# ---- end numerics
 
 
 def placement_section(cfg: DictConfig, backend: str, package: Path, compiled: Path | None,
@@ -126,18 +163,24 @@ def run(cfg: DictConfig) -> None:
              manifest["samples"])
     out_dir = variant_dir(cfg, "evaluate")
     with artifacts.atomic_path(out_dir, is_dir=True) as tmp:
-        outputs, rows, emu_seconds, fallbacks = emulate(cfg, package, inputs, variant)
+        outputs, rows, emu_seconds, fallbacks, ieee_outputs = emulate(cfg, package, inputs, variant,
+                                                                      compiled)
         accuracy_source = "emulated"
         if backend == "coreml" and compiled is not None:
             outputs = stack(coreml_predict(compiled, inputs))
             accuracy_source = "measured (Core ML predict)"
         accuracy = metrics.accuracy(reference, outputs, manifest.get("tolerance") or {}, task)
+        numerics = numerics_section(cfg, rows, accuracy, ieee_outputs, reference,
+                                    manifest.get("tolerance") or {}, task)
+        if accuracy_source != "emulated":
+            numerics["note"] = "accuracy measured on the device; numerics apply to ops.csv only"
         diag.write_table(rows, tmp / "ops.csv")
         first = diag.first_nonfinite(rows)
         worst = max((r for r in rows if r.rel_error_vs_fp32 is not None),
                     key=lambda r: r.rel_error_vs_fp32 or 0.0, default=None)
         result = {
             "accuracy": {"source": accuracy_source, **accuracy},
+            "numerics": numerics,
             "placement": placement_section(cfg, backend, package, compiled, tmp),
             "latency": latency_section(cfg, backend, compiled, inputs),
             "program": {"compute_ops": conversion["compute_ops"],
@@ -147,7 +190,7 @@ def run(cfg: DictConfig) -> None:
         }
         details = {
             "model": manifest["model"], "variant": variant, "backend": backend,
-            "emulator": {"mode": cfg.evaluate.emulator_mode, "device": cfg.evaluate.device,
+            "emulator": {"numerics": numerics["description"], "device": cfg.evaluate.device,
                          "native_fp16_fallbacks": fallbacks,
                          "wall_seconds_not_core_ml_latency": round(emu_seconds, 3)},
             "first_nonfinite_op": None if first is None else
@@ -182,6 +225,7 @@ def log_to_mlflow(cfg, manifest, variant, backend, result, details, folder: Path
             "git_commit": tracking.git_commit(), **texts,
             **{f"version.{k}": v for k, v in tracking.versions().items()},
             **tracking.dvc_stage_hashes(["trace", f"convert@{variant}", f"compile@{variant}"])}
+    tags["numerics"] = result["numerics"]["description"]
     if details.get("first_nonfinite_op"):
         tags["first_nonfinite_op"] = details["first_nonfinite_op"]["name"]
     artifacts.write_json(folder / "conversion_report.json", conversion)

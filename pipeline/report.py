@@ -106,9 +106,40 @@ def markdown(model: str, variants: list[dict], best: dict | None, fp16_limit: fl
             lines.append(f"- `{v['name']}`: {len(over)} op(s) produce values past the FP16 limit "
                          f"({fp16_limit:g}) or NaN; first: {names}"
                          + (" ..." if len(over) > 6 else ""))
+    lines += numerics_lines(variants)
     lines += ["", "Plots: `tradeoff.png` (accuracy vs Neural Engine share), `ops.png` (per-op "
               "max |activation| and error vs FP32 along the program).", ""]
     return "\n".join(lines)
+
+
+# ---- numerics (issue 12): the verdict under device numerics, and under IEEE where it differs
+def numerics_lines(variants: list[dict]) -> list[str]:
+    nums = [(v["name"], v["metrics"].get("numerics")) for v in variants]
+    if not any(n for _, n in nums):
+        return []
+    lines = ["", "## Numerics", "",
+             "The table's accuracy comes from the numerics below. `device`: each FP16 op computes "
+             "what the unit it is placed on computes (pipeline/emulator/numerics/profiles); "
+             "`ieee`: IEEE half at op boundaries.", "",
+             "| variant | numerics | passes | SNR dB | under IEEE | SNR dB (IEEE) | first op where device and IEEE part |",
+             "|---|---|---|---|---|---|---|"]
+    for name, n in nums:
+        if not n:
+            continue
+        acc = next(v for v in variants if v["name"] == name)["metrics"]["accuracy"]
+        ieee = n.get("ieee") or {}
+        first = n.get("first_divergence_vs_ieee")
+        lines.append(
+            f"| {name} | {n['description']} | {'yes' if acc['passes'] else '**no**'} | "
+            f"{_fmt(acc['snr_db'], 1)} | "
+            f"{('yes' if ieee['passes'] else '**no**') if ieee else '-'} | "
+            f"{_fmt(ieee['snr_db'], 1) if ieee else '-'} | "
+            f"{'`' + first['name'] + '` (' + first['op_type'] + ', ' + first['numerics'] + ')' if first else '-'} |")
+    for name, n in nums:
+        if n and n.get("verdict_changed"):
+            lines.append(f"- **`{name}` {n['verdict_changed']}.**")
+    return lines
+# ---- end numerics
 
 
 def plots(variants: list[dict], folder: Path, fp16_limit: float) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from pipeline import artifacts, metrics, precision
 from pipeline.emulator import Emulator
+from pipeline.emulator.numerics import numerics_from
 from pipeline.emulator.diagnostics import capture
 from pipeline.errors import StageError, UserError
 
@@ -255,7 +256,10 @@ def find(cfg, traced, manifest: dict, trace_dir: Path, name: str):
         keep_all = precision.PrecisionSpec("fp32", "mixed", fp32_names=("*",))
         ml32, recorder, _ = convert_program(traced, manifest, keep_all, target_name)
         ml32.save(str(Path(tmp) / "fp32.mlpackage"))
-        fp32 = Emulator(Path(tmp) / "fp32.mlpackage", cfg.evaluate.emulator_mode, cfg.evaluate.device)
+        # device numerics: each candidate's FP16 ops run under the profile of the unit the
+        # candidate's own placement puts them on (Emulator.with_fp16_except)
+        fp32 = Emulator(Path(tmp) / "fp32.mlpackage", device=cfg.evaluate.device,
+                        numerics=numerics_from(cfg))
         selectable = {precision.sanitize(n) for _, n in recorder.state.seen}
         search = Search(fp32, samples, reference, target, int(cfg.search.max_evaluations),
                         selectable)
@@ -266,7 +270,8 @@ def find(cfg, traced, manifest: dict, trace_dir: Path, name: str):
     mlmodel, selector, seconds = convert_program(traced, manifest, spec, target_name)
     with tempfile.TemporaryDirectory() as tmp:
         mlmodel.save(str(Path(tmp) / "auto.mlpackage"))
-        emu = Emulator(Path(tmp) / "auto.mlpackage", cfg.evaluate.emulator_mode, cfg.evaluate.device)
+        emu = Emulator(Path(tmp) / "auto.mlpackage", device=cfg.evaluate.device,
+                       numerics=numerics_from(cfg))
         outs = [emu.run(s) for s in samples]
     verified = metrics.accuracy(reference, {k: np.stack([o[k] for o in outs]) for k in outs[0]}, {})
     chosen = {precision.sanitize(n) for _, n, _ in selector.state.fp32}

@@ -71,6 +71,11 @@ def test_evaluate_fp16_fails_at_pow_and_mixed_passes(tiny_run):
     m32 = artifacts.read_json(ev / "fp32" / "metrics.json")
     assert m16["accuracy"]["passes"] == 0 and m16["accuracy"]["cosine_min"] < 0.5
     assert mmx["accuracy"]["passes"] == 1 and mmx["accuracy"]["snr_db"] > 40
+    # device numerics by default; the same programs under IEEE numerics alongside
+    assert m16["numerics"]["mode"] == "device" and mmx["numerics"]["ops_by_profile"]["ne"] > 200
+    assert m16["numerics"]["ieee"]["passes"] == 0 and mmx["numerics"]["ieee"]["passes"] == 1
+    assert mmx["numerics"]["ieee"]["snr_db"] >= mmx["accuracy"]["snr_db"]
+    assert "verdict_changed" not in mmx["numerics"]
     assert m32["accuracy"]["snr_db"] > 80
     run16 = artifacts.read_json(ev / "fp16" / "run.json")
     assert run16["first_nonfinite_op"]["op_type"] == "pow"
@@ -92,7 +97,14 @@ def test_per_op_diagnostics_table(tiny_run):
     before = rows[: first[0]["index"]]
     assert all(r["inf_count"] == 0 for r in before)
     assert max(r["max_abs"] for r in before) <= 65504
-    assert all(r["rel_error_vs_fp32"] < 0.05 for r in before if r["rel_error_vs_fp32"] is not None)
+    # device numerics (default): the NE's activation tables (sigmoid 0.0034 abs error) add
+    # error that the synthetic weights amplify; under IEEE every op before the pow stays < 0.05
+    errs = sorted(r["rel_error_vs_fp32"] for r in before if r["rel_error_vs_fp32"] is not None)
+    assert errs[len(errs) // 2] < 0.02 and errs[-1] < 0.15
+    ieee_diffs = [r["rel_diff_vs_ieee"] for r in before if r["rel_diff_vs_ieee"] is not None]
+    assert len(ieee_diffs) > 0.9 * len(before) and max(ieee_diffs) < 0.15
+    assert {r["numerics"] for r in rows} == {"ne", "ieee"}  # the output cast runs off the NE
+    assert {r["numerics"] for r in rows if r["dtype"] == "fp16"} == {"ne"}
     mixed = read_table(tiny_run / "artifacts" / "evaluate" / "mixed" / "ops.csv")
     pows = [r for r in mixed if r["op_type"] == "pow"]
     assert pows and all(r["dtype"] == "fp32" for r in pows)

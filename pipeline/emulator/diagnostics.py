@@ -3,7 +3,9 @@
 For each op of the variant: its dtype, max |value|, inf and NaN counts (over all samples),
 and its relative error against the same op of the FP32 program (ops matched by name, the
 FP16 pass's `_cast_fp16` suffix removed): max |out - out32| / max |out32|. The first op
-where non-finite values appear is flagged.
+where non-finite values appear is flagged. Under device numerics: the profile each op ran
+under, and its difference from the same program under IEEE numerics (same measure); the
+first op where they disagree materially (DIVERGENCE, or non-finite in one only) is named.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from pipeline.emulator.runtime import Emulator, Step
 from pipeline.precision import canonical
 
 FIELDS = ["index", "name", "op_type", "dtype", "max_abs", "inf_count", "nan_count",
-          "rel_error_vs_fp32", "first_nonfinite"]
+          "rel_error_vs_fp32", "first_nonfinite", "numerics", "rel_diff_vs_ieee"]
+DIVERGENCE = 0.01  # device vs IEEE: max |diff| / max |ieee| above this is material
 
 
 @dataclass
@@ -34,8 +37,12 @@ class OpStats:
     nan_count: int = 0
     rel_error_vs_fp32: float | None = None
     first_nonfinite: bool = False
+    numerics: str = "ieee"
+    rel_diff_vs_ieee: float | None = None
     _ref_peak: float = 0.0
     _err: float = 0.0
+    _ieee_peak: float = 0.0
+    _diff: float = 0.0
 
 
 def _float_out(values: list[Any]) -> torch.Tensor | None:
@@ -61,10 +68,12 @@ class Collector:
     """Accumulates OpStats over samples; call ``observer(reference_acts)`` per sample."""
 
     def __init__(self, emulator: Emulator):
-        self.stats = {s.index: OpStats(s.index, s.name, s.op_type, s.dtypes[0])
+        self.stats = {s.index: OpStats(s.index, s.name, s.op_type, s.dtypes[0],
+                                       numerics=getattr(s, "numerics", "ieee"))
                       for s in emulator.plan.steps}
 
-    def observer(self, reference: dict[str, torch.Tensor] | None):
+    def observer(self, reference: dict[str, torch.Tensor] | None,
+                 ieee: dict[str, torch.Tensor] | None = None):
         def observe(step: Step, values: list[Any]) -> None:
             out = _float_out(values)
             if out is None:
@@ -80,6 +89,8 @@ class Collector:
                 x_abs = x.abs()
             if x.numel():
                 st.max_abs = max(st.max_abs, float(x_abs.max()))
+            if ieee is not None:
+                _compare_ieee(st, x, finite, ieee.get(canonical(step.name)))
             if reference is None:
                 return
             ref = reference.get(canonical(step.name))
@@ -102,26 +113,57 @@ class Collector:
         return rows
 
 
+def _compare_ieee(st: OpStats, x: torch.Tensor, finite: torch.Tensor, ref) -> None:
+    if ref is None or ref.shape != x.shape or not x.numel():
+        return
+    ref_finite = torch.isfinite(ref)
+    if not bool(torch.equal(finite, ref_finite)):
+        st._diff = math.inf
+    else:
+        both = finite & ref_finite
+        diff = torch.where(both, (x - ref).abs(), torch.zeros((), device=x.device))
+        st._diff = max(st._diff, float(diff.max()))
+        st._ieee_peak = max(st._ieee_peak, float(torch.where(both, ref.abs(), torch.zeros(
+            (), device=x.device)).max()))
+    st.rel_diff_vs_ieee = st._diff / st._ieee_peak if st._ieee_peak > 0 else st._diff
+
+
+def first_divergence(rows: Iterable) -> dict | None:
+    """The first op where device numerics and IEEE disagree materially (rows or CSV dicts)."""
+    for r in rows:
+        d = r.rel_diff_vs_ieee if isinstance(r, OpStats) else r.get("rel_diff_vs_ieee")
+        if d is not None and d > DIVERGENCE:
+            get = (lambda k: getattr(r, k)) if isinstance(r, OpStats) else r.get
+            return {"name": get("name"), "op_type": get("op_type"), "numerics": get("numerics"),
+                    "rel_diff_vs_ieee": d}
+    return None
+
+
 def first_nonfinite(rows: Iterable[OpStats]) -> OpStats | None:
     return next((r for r in rows if r.first_nonfinite), None)
 
 
 def run_diagnostics(variant: Emulator, reference: Emulator | None,
-                    samples: Iterable[dict[str, np.ndarray]]):
+                    samples: Iterable[dict[str, np.ndarray]], ieee: Emulator | None = None):
     """Outputs per sample and the per-op table. ``reference`` is the FP32 program's emulator
-    (None when the variant is the FP32 program itself: its error is 0 by definition)."""
+    (None when the variant is the FP32 program itself: its error is 0 by definition).
+    ``ieee``: the same program under IEEE numerics; its outputs are returned as a third item."""
     collector = Collector(variant)
-    outputs = []
+    outputs, ieee_outputs = [], []
     for feeds in samples:
-        ref_acts = None
+        ref_acts = ieee_acts = None
         if reference is not None:
             _, ref_acts = capture(reference, feeds)
-        outputs.append(variant.run(feeds, observe=collector.observer(ref_acts)))
+        if ieee is not None:
+            out, ieee_acts = capture(ieee, feeds)
+            ieee_outputs.append(out)
+        outputs.append(variant.run(feeds, observe=collector.observer(ref_acts, ieee_acts)))
+        del ieee_acts
         if reference is None:
             for st in collector.stats.values():
                 st.rel_error_vs_fp32 = 0.0
         del ref_acts
-    return outputs, collector.finish()
+    return outputs, collector.finish(), ieee_outputs
 
 
 def write_table(rows: list[OpStats], path: Path) -> None:
@@ -143,4 +185,7 @@ def read_table(path: Path) -> list[dict]:
         r["nan_count"] = int(r["nan_count"])
         r["rel_error_vs_fp32"] = float(r["rel_error_vs_fp32"]) if r["rel_error_vs_fp32"] not in ("", "None") else None
         r["first_nonfinite"] = r["first_nonfinite"] == "True"
+        r.setdefault("numerics", "ieee")
+        d = r.get("rel_diff_vs_ieee")
+        r["rel_diff_vs_ieee"] = float(d) if d not in (None, "", "None") else None
     return rows

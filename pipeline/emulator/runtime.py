@@ -1,6 +1,10 @@
 """Execute a saved Core ML program op by op, each op in the dtype the program declares.
 
-Two modes (see README, "The emulator"):
+Numerics (see README, "The emulator", and pipeline/emulator/numerics/):
+- ``device`` (default in the pipeline): each FP16 op computes what the unit it is placed on
+  computes (numerics/profiles/ne.yaml, gpu.yaml, cpu.yaml); set per step at plan build time
+  by numerics.apply, which overrides the step's implementation and FP16 output store.
+Runtime modes underneath:
 - ``fp32_compute`` (default): an FP16-typed op reads its FP16 inputs, computes in FP32 and
   rounds its output once to IEEE half (overflow -> inf, tiny values -> subnormal or zero).
   This assumes hardware that accumulates and evaluates inside an op at FP32 or better and
@@ -36,6 +40,7 @@ TORCH_DTYPES = {
 }
 FLOAT = {"fp32", "fp16", "fp64"}
 MODES = ("fp32_compute", "native_fp16")
+NUMERICS_MODES = ("device", "ieee")  # also accepted by Emulator(mode=...): see numerics/
 
 
 @contextlib.contextmanager
@@ -85,6 +90,9 @@ class Step:
     round_output: bool = True
     round_inputs: frozenset = frozenset()  # var inputs to round to FP16 first (virtual mixed)
     blocks: tuple = ()  # sub-plans of the op's nested blocks (cond, while_loop)
+    numerics: str = "ieee"  # the profile this op runs under (numerics.apply)
+    store: Callable[[Any], Any] | None = None  # FP16 output store of that profile (None: IEEE)
+    base_fn: Callable[..., Any] | None = None  # the IEEE implementation, when fn is overridden
 
 
 @dataclass
@@ -257,8 +265,9 @@ def virtual_mixed(plan: Plan, keep_fp32: set[str], mode: str,
         for name, d in zip(step.outputs, dtypes):
             effective[name] = d
         preserving = step.op_type in VALUE_PRESERVING
-        steps.append(Step(step.index, step.op_type, step.name, step.fn, args, step.outputs,
-                          dtypes, float_inputs, not preserving, frozenset(rounds), step.blocks))
+        steps.append(Step(step.index, step.op_type, step.name, step.base_fn or step.fn, args,
+                          step.outputs, dtypes, float_inputs, not preserving, frozenset(rounds),
+                          step.blocks))
     # nested blocks (loop bodies, branches) stay as converted: cond and while_loop are skipped
     out = Plan(steps, consts, const_dtypes, plan.inputs, plan.outputs, states=plan.states,
                opset=plan.opset)
@@ -310,16 +319,25 @@ class Emulator:
     names to arrays; a stateful program keeps its state between calls (see make_state)."""
 
     def __init__(self, package: str | Path | None, mode: str = "fp32_compute",
-                 device: str = "cpu", program=None):
+                 device: str = "cpu", program=None, numerics=None):
         """``package``: a saved .mlpackage; or ``program``: an in-memory MIL program (as
-        coremltools' Builder makes it), with ``package`` None."""
-        if mode not in MODES:
-            raise UserError(f"unknown emulator mode '{mode}'", f"choose one of: {', '.join(MODES)}")
+        coremltools' Builder makes it), with ``package`` None. ``numerics``: per-op device
+        numerics (pipeline/emulator/numerics); None: ``mode`` alone."""
+        from pipeline.emulator.numerics import LEGACY, Numerics
+
+        if numerics is None:
+            if mode not in MODES + NUMERICS_MODES:
+                raise UserError(f"unknown emulator mode '{mode}'",
+                                f"choose one of: {', '.join(MODES + NUMERICS_MODES)}")
+            numerics = Numerics(LEGACY.get(mode, mode))
+        self.numerics = numerics
+        mode = numerics.runtime_mode
         self.mode = mode
         self.device = resolve_device(device)
         self.package = Path(package) if package is not None else None
         self.program = program if program is not None else load_program(self.package)
         self.plan = build_plan(self.program, self.device, mode)
+        self._apply(self.plan, package=True)
         self.fallbacks: set[str] = set()
         self._half_consts: dict[str, Any] = {}  # FP16 weight copies for with_fp16_except
         self.state: dict[str, State] | None = None  # created by the first stateful run
@@ -330,6 +348,17 @@ class Emulator:
         threads = os.environ.get("PIPELINE_TORCH_THREADS")
         if threads:
             torch.set_num_threads(int(threads))
+
+    def _apply(self, plan: Plan, package: bool = False) -> None:
+        """Per-op numerics; the units come from the package's op records when there is one."""
+        from pipeline.emulator.numerics import apply
+
+        units = None
+        if self.numerics.per_op and not self.numerics.profile and package \
+                and self.numerics.units is None:
+            from pipeline.programs import op_records
+            units = apply.units_for(op_records(self.program), self.numerics.compute_units)
+        apply.apply(plan, self.numerics, units)
 
     # -- values ------------------------------------------------------------------------
     def _store(self, value: Any, dtype: str) -> Any:
@@ -359,6 +388,7 @@ class Emulator:
 
         view = copy.copy(self)
         view.plan = virtual_mixed(self.plan, keep_fp32, self.mode, self._half_consts)
+        self._apply(view.plan)  # the virtual program's placement: its FP32 ops leave the NE
         view.fallbacks = set()
         return view
 
@@ -418,7 +448,10 @@ class Emulator:
             results = list(result) if isinstance(result, (tuple, list)) else [result]
             stored = []
             for name, dtype, value in zip(step.outputs, step.dtypes, results):
-                if dtype == "fp16" and not step.round_output and isinstance(value, torch.Tensor) \
+                if step.store is not None and dtype == "fp16" and isinstance(value, torch.Tensor) \
+                        and value.is_floating_point():
+                    env[name] = step.store(value)
+                elif dtype == "fp16" and not step.round_output and isinstance(value, torch.Tensor) \
                         and value.dtype == (torch.float16 if native else torch.float32):
                     env[name] = value
                 else:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 
 from pipeline.emulator import ops
+from pipeline.emulator.ops import base
 from pipeline.emulator.numerics import Profile
 
 INF = math.inf
@@ -105,10 +106,10 @@ def blocked_matmul(x: torch.Tensor, y: torch.Tensor, prof: Profile) -> torch.Ten
 
 def matmul(prof: Profile) -> Callable:
     def run(x, y, transpose_x=None, transpose_y=None):
-        x, y = ops.t(x, y if isinstance(y, torch.Tensor) else None), ops.t(y, x)
-        if ops.py(transpose_x) and x.dim() > 1:
+        x, y = base.t(x, y if isinstance(y, torch.Tensor) else None), base.t(y, x)
+        if base.py(transpose_x) and x.dim() > 1:
             x = x.transpose(-1, -2)
-        if ops.py(transpose_y) and y.dim() > 1:
+        if base.py(transpose_y) and y.dim() > 1:
             y = y.transpose(-1, -2)
         if x.dim() < 2 or y.dim() < 2:
             return saturate(h(torch.matmul(x, y)), float(prof.value("accumulator_limit")))
@@ -145,12 +146,12 @@ def conv(prof: Profile) -> Callable:
     w_l1: dict[int, torch.Tensor] = {}  # per weight tensor
 
     def run(x, weight, bias=None, **kw):
-        groups = int(ops.py(kw.get("groups")) or 1)
+        groups = int(base.py(kw.get("groups")) or 1)
         taps = weight[0].numel()  # K = Cin/groups * kernel size
         if taps < 2:  # a single-tap conv does not go through the accumulator port
-            return ops.conv(x, weight, bias, **kw)
+            return ops.OPS["conv"](x, weight, bias, **kw)
         if taps <= tile or groups != 1:  # one tile (or grouped): only the output is checked
-            return saturate_raw(ops.conv(x, weight, bias, **kw), limit)
+            return saturate_raw(ops.OPS["conv"](x, weight, bias, **kw), limit)
         key = id(weight)
         if key not in w_l1:  # per (output, input) channel: sum over the kernel of |w|
             w_l1[key] = weight.abs().flatten(2).sum(2)
@@ -161,9 +162,9 @@ def conv(prof: Profile) -> Callable:
         if bias is not None:
             bound += float(bias.abs().amax())
         if bound < limit:  # only the output is checked
-            return saturate_raw(ops.conv(x, weight, bias, **kw), limit)
+            return saturate_raw(ops.OPS["conv"](x, weight, bias, **kw), limit)
         per = max(1, tile // weight[0, 0].numel())  # input channels per tile of 128 terms
-        parts = [ops.conv(x[:, c:c + per], weight[:, c:c + per], None, **kw)
+        parts = [ops.OPS["conv"](x[:, c:c + per], weight[:, c:c + per], None, **kw)
                  for c in range(0, x.shape[1], per)]
         out = _running(torch.stack(parts, -1), limit)
         if bias is not None:
@@ -176,7 +177,7 @@ def conv_transpose(prof: Profile) -> Callable:
     limit = float(prof.value("accumulator_limit"))
 
     def run(x, weight, bias=None, **kw):
-        y = ops.conv_transpose(x, weight, bias, **kw)
+        y = ops.OPS["conv_transpose"](x, weight, bias, **kw)
         return saturate_raw(y, limit) if weight[0].numel() >= 2 else y
     return run
 
@@ -257,7 +258,7 @@ def log_table(prof: Profile) -> Callable:
     at_inf = float(prof.value("log")["inf"])
 
     def run(x, epsilon=None):
-        x = x + ops.scalar(epsilon, 1e-45) if epsilon is not None else x
+        x = x + base.scalar(epsilon, 1e-45) if epsilon is not None else x
         y = torch.log(x)
         y = torch.where(x == 0, torch.full_like(y, zero), y)
         y = torch.where(torch.isposinf(x), torch.full_like(y, at_inf), y)
@@ -276,7 +277,7 @@ def softplus(prof: Profile) -> Callable:
 
 
 def softmax(x, axis=None):
-    dim = -1 if axis is None else int(ops.py(axis))
+    dim = -1 if axis is None else int(base.py(axis))
     d = torch.nan_to_num(x - x.amax(dim, keepdim=True), nan=0.0, posinf=INF, neginf=-INF)
     e = h(torch.exp(d))
     return e / h(e.sum(dim, keepdim=True))
@@ -286,8 +287,8 @@ def reduce_log_sum_exp(prof: Profile) -> Callable:
     log = log_table(prof)
 
     def run(x, axes=None, keep_dims=None):
-        dims = ops.axes_of(axes, x.dim()) or list(range(x.dim()))
-        return log(h(h(torch.exp(x)).sum(dims, keepdim=bool(ops.py(keep_dims)))))
+        dims = base.axes_of(axes, x.dim()) or list(range(x.dim()))
+        return log(h(h(torch.exp(x)).sum(dims, keepdim=bool(base.py(keep_dims)))))
     return run
 
 
@@ -307,13 +308,13 @@ def layer_norm(prof: Profile) -> Callable:
 
     def run(x, axes=None, gamma=None, beta=None, epsilon=None):
         rank = x.dim()
-        dims = ops.axes_of(axes, rank) if axes is not None else list(range(rank))
+        dims = base.axes_of(axes, rank) if axes is not None else list(range(rank))
         count = math.prod(x.shape[d] for d in dims)
         s1 = saturate(h(x.sum(dims, keepdim=True)), limit)
         s2 = saturate(h(h(x * x).sum(dims, keepdim=True)), limit)
         mean, ex2 = h(s1 / count), h(s2 / count)
         var = torch.nan_to_num(h(ex2 - h(mean * mean)), nan=0.0).clamp_min(0)
-        var = h(var + h(torch.tensor(ops.scalar(epsilon, 1e-5))))
+        var = h(var + h(torch.tensor(base.scalar(epsilon, 1e-5))))
         var = torch.where(var < tiny, torch.zeros_like(var), var)
         y = torch.nan_to_num(h(x - mean) * h(torch.rsqrt(var)), nan=0.0, posinf=INF, neginf=-INF)
         shape = [x.shape[i] if i in dims else 1 for i in range(rank)]
@@ -333,7 +334,7 @@ def kernels(prof: Profile) -> dict[str, Callable]:
         "einsum": output_checked(ops.OPS["einsum"], prof),
         "exp": exp, "log": log_table(prof), "softplus": softplus(prof), "softmax": softmax,
         "reduce_log_sum_exp": reduce_log_sum_exp(prof), "layer_norm": layer_norm(prof),
-        "sqrt": flushed(ops.OPS["sqrt"], prof), "rsqrt": flushed(ops.rsqrt, prof),
+        "sqrt": flushed(ops.OPS["sqrt"], prof), "rsqrt": flushed(ops.OPS["rsqrt"], prof),
     }
     for name in prof.rules["activation_table"]["tables"]:
         tab = table(name, prof)

@@ -24,6 +24,13 @@ class OpRecord:
     weights: int         # elements of const tensor inputs (weights)
     rank: int            # rank of its first output
     macs: int            # multiply-accumulates (conv, linear, matmul, einsum); else elements
+    # Sizes for the device model (pipeline/device): bytes each op moves and its shape.
+    input_bytes: int = 0     # bytes of its non-const tensor inputs (activations read)
+    weight_bytes: int = 0    # bytes of its const tensor inputs over 16 elements (weights)
+    output_bytes: int = 0    # bytes of all its outputs
+    shape: tuple[int, ...] = ()  # shape of its first output
+    kernel: int = 1          # conv: kernel elements (kh * kw); matmul/linear: reduction length K
+    groups: int = 1          # conv groups (depthwise: groups == channels)
 
     @property
     def key(self) -> str:
@@ -40,17 +47,61 @@ def op_records(prog) -> list[OpRecord]:
         if op.op_type == "const":
             continue
         out = op.outputs[0]
-        shape = [int(s) if isinstance(s, (int, np.integer)) else 1 for s in (out.shape or ())]
-        weights = 0
+        shape = _shape(out)
+        weights = weight_bytes_in = input_bytes = 0
         for v in op.inputs.values():
             for var in (v if isinstance(v, (list, tuple)) else [v]):
-                if var.op is not None and var.op.op_type == "const" and var.val is not None \
-                        and np.asarray(var.val).size > 16:
-                    weights += int(np.asarray(var.val).size)
+                if var.op is not None and var.op.op_type == "const":
+                    if var.val is not None and np.asarray(var.val).size > 16:
+                        weights += int(np.asarray(var.val).size)
+                        weight_bytes_in += _nbytes(var)
+                else:
+                    input_bytes += _nbytes(var)
         elements = int(np.prod(shape)) if shape else 1
-        records.append(OpRecord(len(records), op.op_type, op.name, dtype_str(out), out.name,
-                                elements, weights, len(shape), _macs(op, shape, elements, weights)))
+        records.append(OpRecord(
+            len(records), op.op_type, op.name, dtype_str(out), out.name, elements, weights,
+            len(shape), _macs(op, shape, elements, weights), input_bytes, weight_bytes_in,
+            sum(_nbytes(o) for o in op.outputs), tuple(shape), _kernel(op), _groups(op)))
     return records
+
+
+def _shape(var) -> list[int]:
+    try:
+        dims = var.shape or ()
+    except Exception:  # tuple / list / state types have no shape
+        return []
+    return [int(s) if isinstance(s, (int, np.integer)) else 1 for s in dims]
+
+
+def _nbytes(var) -> int:
+    """Bytes of a tensor variable (1 byte per bool, dtype width otherwise)."""
+    dtype = dtype_str(var)
+    width = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8, "int32": 4, "int64": 8, "int16": 2,
+             "uint16": 2, "int8": 1, "uint8": 1, "bool": 1}.get(dtype, 4)
+    shape = _shape(var)
+    return width * (int(np.prod(shape)) if shape else 1)
+
+
+def _kernel(op) -> int:
+    """conv: kernel elements (kh * kw); matmul/linear: reduction length K; else 1."""
+    try:
+        if op.op_type in ("conv", "conv_transpose"):
+            return int(np.prod(op.inputs["weight"].shape[2:]))
+        if op.op_type == "linear":
+            return int(op.inputs["weight"].shape[-1])
+        if op.op_type == "matmul":
+            x = op.inputs["x"]
+            tx = op.inputs.get("transpose_x")
+            k = x.shape[-2] if tx is not None and tx.val else x.shape[-1]
+            return int(k) if isinstance(k, (int, np.integer)) else 1
+    except (KeyError, TypeError, AttributeError, IndexError):
+        pass
+    return 1
+
+
+def _groups(op) -> int:
+    g = op.inputs.get("groups") if op.op_type in ("conv", "conv_transpose") else None
+    return int(g.val) if g is not None and g.val is not None else 1
 
 
 def _macs(op, shape: list[int], elements: int, weights: int) -> int:

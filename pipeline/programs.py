@@ -31,6 +31,7 @@ class OpRecord:
     shape: tuple[int, ...] = ()  # shape of its first output
     kernel: int = 1          # conv: kernel elements (kh * kw); matmul/linear: reduction length K
     groups: int = 1          # conv groups (depthwise: groups == channels)
+    chained_bytes: int = 0   # bytes of its input that the op just before it produced
 
     @property
     def key(self) -> str:
@@ -43,12 +44,13 @@ class OpRecord:
 
 def op_records(prog) -> list[OpRecord]:
     records = []
+    previous = None  # output names of the op before, for chained_bytes
     for op in prog.functions["main"].operations:
         if op.op_type == "const":
             continue
         out = op.outputs[0]
         shape = _shape(out)
-        weights = weight_bytes_in = input_bytes = 0
+        weights = weight_bytes_in = input_bytes = chained = 0
         for v in op.inputs.values():
             for var in (v if isinstance(v, (list, tuple)) else [v]):
                 if var.op is not None and var.op.op_type == "const":
@@ -57,11 +59,15 @@ def op_records(prog) -> list[OpRecord]:
                         weight_bytes_in += _nbytes(var)
                 else:
                     input_bytes += _nbytes(var)
+                    if previous is not None and var.name in previous and not chained:
+                        chained = _nbytes(var)
         elements = int(np.prod(shape)) if shape else 1
         records.append(OpRecord(
             len(records), op.op_type, op.name, dtype_str(out), out.name, elements, weights,
             len(shape), _macs(op, shape, elements, weights), input_bytes, weight_bytes_in,
-            sum(_nbytes(o) for o in op.outputs), tuple(shape), _kernel(op), _groups(op)))
+            sum(_nbytes(o) for o in op.outputs), tuple(shape), _kernel(op), _groups(op),
+            chained))
+        previous = {o.name for o in op.outputs}
     return records
 
 

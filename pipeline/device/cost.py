@@ -12,6 +12,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.device.chips import Chip
 from pipeline.placement import NE_UNSUPPORTED
 from pipeline.programs import OpRecord
@@ -88,28 +90,65 @@ def supported(rec: OpRecord) -> tuple[tuple[str, ...], str]:
     return tuple(units), reason
 
 
+@dataclass
+class Features:
+    """Per-op numbers of a program's placed ops as arrays, computed once per program."""
+
+    cls: np.ndarray       # op_class per op
+    flops: np.ndarray
+    moved: np.ndarray     # input + weight + output bytes
+    parts: np.ndarray     # [ops, 3]: input, weight, output bytes (for the NE's on-chip cache)
+    units: list[tuple[str, ...]]
+    reasons: list[str]
+
+    @staticmethod
+    def of(records: list[OpRecord]) -> "Features":
+        able = [supported(r) for r in records]
+        parts = np.array([traffic(r) for r in records], dtype=float).reshape(-1, 3)
+        return Features(np.array([op_class(r) for r in records], dtype=object),
+                        np.array([op_flops(r) for r in records], dtype=float),
+                        parts.sum(axis=1), parts, [a[0] for a in able], [a[1] for a in able])
+
+
+def traffic(rec: OpRecord) -> tuple[int, int, int]:
+    """Bytes an op reads (activations), reads (weights) and writes to memory.
+
+    An elementwise op fed by the op just before it is fused into that op: the intermediate
+    tensor stays on chip, so neither the producer's write nor this op's read of it reaches
+    memory (conv + activation + residual add run as one pass on the NE and in one GPU kernel;
+    ane-guide's "fused-chain" throughput; assumed alike on the CPU).
+    """
+    if op_class(rec) == "vector" and rec.chained_bytes:
+        return (rec.input_bytes - rec.chained_bytes, rec.weight_bytes,
+                max(0, rec.output_bytes - rec.chained_bytes))
+    return rec.input_bytes, rec.weight_bytes, rec.output_bytes
+
+
 def op_flops(rec: OpRecord) -> float:
     if rec.op_type in MATRIX or op_class(rec) == "depthwise":
         return 2.0 * rec.macs
     return float(rec.elements)
 
 
-def op_ms(rec: OpRecord, unit: str, chip: Chip, p: Params) -> float:
-    """Time of one op on one unit: max(compute, memory) + per-op overhead."""
-    cls = op_class(rec)
-    if cls == "layout":
-        return 0.0
-    flops = op_flops(rec)
-    moved = rec.input_bytes + rec.weight_bytes + rec.output_bytes
+def unit_times(f: Features, unit: str, chip: Chip, p: Params) -> np.ndarray:
+    """Every op's time on one unit: max(compute, memory) + per-op overhead; layout ops 0."""
+    matrix = f.cls == "matrix"
+    dw = f.cls == "depthwise"
     if unit == "NE":
-        eff = p.ne_dw_eff if cls == "depthwise" else p.ne_eff
-        compute = flops / (chip.ne_tflops * 1e9 * eff) if cls != "vector" else 0.0
-        cache = p.ne_cache_mb * 1e6
-        streamed = sum(b for b in (rec.input_bytes, rec.weight_bytes, rec.output_bytes)
-                       if b > cache)
-        return max(compute, streamed / (chip.ne_gbps * 1e6)) + p.ne_op_ms
-    if unit == "GPU":
-        compute = flops / (chip.gpu_tflops * 1e9 * p.gpu_eff) if cls != "vector" else 0.0
-        return max(compute, moved / (chip.dram_gbps * 1e6)) + p.gpu_op_ms
-    compute = flops / (chip.cpu_tflops * 1e9) if cls != "vector" else 0.0
-    return max(compute, moved / (chip.dram_gbps * 1e6)) + p.cpu_op_ms
+        peak = chip.ne_tflops * 1e9 * np.where(dw, p.ne_dw_eff, p.ne_eff)
+        compute = np.where(matrix | dw, f.flops / peak, 0.0)
+        streamed = np.where(f.parts > p.ne_cache_mb * 1e6, f.parts, 0.0).sum(axis=1)
+        t = np.maximum(compute, streamed / (chip.ne_gbps * 1e6)) + p.ne_op_ms
+    elif unit == "GPU":
+        compute = np.where(matrix | dw, f.flops / (chip.gpu_tflops * 1e9 * p.gpu_eff), 0.0)
+        t = np.maximum(compute, f.moved / (chip.dram_gbps * 1e6)) + p.gpu_op_ms
+    else:
+        compute = np.where(matrix | dw, f.flops / (chip.cpu_tflops * 1e9), 0.0)
+        t = np.maximum(compute, f.moved / (chip.dram_gbps * 1e6)) + p.cpu_op_ms
+    return np.where(f.cls == "layout", 0.0, t)
+
+
+def op_times(f: Features, allowed: tuple[str, ...], chip: Chip, p: Params) -> list[dict]:
+    """times[i][unit] for the units op i may use under the compute-units setting."""
+    per_unit = {u: unit_times(f, u, chip, p).tolist() for u in allowed}
+    return [{u: per_unit[u][i] for u in units if u in per_unit} for i, units in enumerate(f.units)]

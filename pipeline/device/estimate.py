@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from pipeline.device.chips import get_chip
-from pipeline.device.cost import FIT_FILE, UNITS, Params, op_ms, supported
+from pipeline.device.cost import FIT_FILE, UNITS, Features, Params, op_times
 from pipeline.device.partition import partition
 from pipeline.errors import UserError
 from pipeline.programs import OpRecord
@@ -96,12 +96,11 @@ def estimate(records: list[OpRecord], chip: str = "M2", compute_units: str = "AL
     allowed = check_units(compute_units)
     p = params or Params.load()
     ops = placed_ops(records)
-    able = [supported(r) for r in ops]
-    times = [{u: op_ms(r, u, spec, p) for u in units if u in allowed} for r, (units, _) in
-             zip(ops, able)]
+    feats = Features.of(ops)
+    times = op_times(feats, allowed, spec, p)
     devices, total = partition(times, spec)
     result = []
-    for r, (units, why), t, dev in zip(ops, able, times, devices):
+    for r, units, why, t, dev in zip(ops, feats.units, feats.reasons, times, devices):
         reason = ("fastest allowed unit" if dev == min(t, key=t.get)
                   else "cheaper with its neighbours (dispatch floor, switches)")
         if "NE" not in units and "NE" in allowed:

@@ -92,10 +92,14 @@ def to_json(records: list[OpRecord]) -> list[list]:
     return [[getattr(r, f.name) for f in fields(OpRecord)] for r in records]
 
 
-def from_json(rows: list[list]) -> list[OpRecord]:
-    names = [f.name for f in fields(OpRecord)]
-    return [OpRecord(**{**dict(zip(names, row)), "shape": tuple(row[names.index("shape")])})
-            for row in rows]
+def from_json(rows: list[list], names: list[str] | None = None) -> list[OpRecord]:
+    names = names or [f.name for f in fields(OpRecord)]
+    out = []
+    for row in rows:
+        values = dict(zip(names, row))
+        values["shape"] = tuple(values.get("shape", ()))
+        out.append(OpRecord(**values))
+    return out
 
 
 def write_ops(programs: dict[str, list[OpRecord]], path: Path = OPS_FILE) -> None:
@@ -111,12 +115,14 @@ def write_ops(programs: dict[str, list[OpRecord]], path: Path = OPS_FILE) -> Non
 
 
 def read_ops_file(path: Path = OPS_FILE) -> dict[str, list[OpRecord]]:
+    """The committed op records (fields missing from an older file take their defaults)."""
     with gzip.open(path, "rt") as f:
         payload = json.load(f)
-    if payload["fields"] != [f.name for f in fields(OpRecord)]:
-        raise ValueError(f"{path} was written for other OpRecord fields; rebuild it with "
-                         "python -m pipeline.device.calibrate --convert")
-    return {k: from_json(v) for k, v in payload["programs"].items()}
+    unknown = set(payload["fields"]) - {f.name for f in fields(OpRecord)}
+    if unknown:
+        raise ValueError(f"{path} has fields OpRecord lacks ({sorted(unknown)}); rebuild it "
+                         "with python -m pipeline.device.calibrate --convert")
+    return {k: from_json(v, payload["fields"]) for k, v in payload["programs"].items()}
 
 
 def needed_programs() -> list[tuple[str, str]]:

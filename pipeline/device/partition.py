@@ -19,21 +19,20 @@ def partition(times: list[dict[str, float]], chip: Chip) -> tuple[list[str], flo
     """times[i][unit] = op i's time on each unit allowed for it. Returns (units, total ms)."""
     if not times:
         return [], 0.0
+    enter = {u: chip.switch_ms + chip.dispatch_ms(u) for u in ("NE", "GPU", "CPU")}
     best = {u: chip.dispatch_ms(u) + t for u, t in times[0].items()}
     back: list[dict[str, str]] = []
     for row in times[1:]:
-        prev_u = min(best, key=best.get)
-        prev_best = best[prev_u]
+        ranked = sorted(best, key=best.get)     # at most three states
         new, choice = {}, {}
         for u, t in row.items():
+            src = ranked[1] if ranked[0] == u and len(ranked) > 1 else ranked[0]
             stay = best.get(u, INF)
-            # cheapest arrival from another unit: best other state + switch + dispatch
-            other_u, other = prev_u, prev_best
-            if other_u == u:
-                others = [(c, v) for v, c in best.items() if v != u]
-                other, other_u = min(others) if others else (INF, u)
-            move = other + chip.switch_ms + chip.dispatch_ms(u)
-            new[u], choice[u] = (stay + t, u) if stay <= move else (move + t, other_u)
+            move = best[src] + enter[u] if src != u else INF
+            if stay <= move:
+                new[u], choice[u] = stay + t, u
+            else:
+                new[u], choice[u] = move + t, src
         back.append(choice)
         best = new
     last = min(best, key=best.get)

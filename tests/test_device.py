@@ -115,6 +115,13 @@ def test_article_numbers_on_m2(calibration_set):
     assert est["fp32"].summary()["gpu_op_share"] >= 0.9
     assert est["fp16"].summary()["ne_op_share"] >= 0.9
     assert "estimated" in est["fp16"].source and "M2" in est["fp16"].source
+    rows = est["mixed"].rows()
+    assert {"op", "op_type", "dtype", "device", "supported", "cost", "ms"} <= set(rows[0])
+    names = {r.name for r in calibration_set["edgesam_encoder/mixed"]}
+    assert all(r["op"] in names for r in rows)
+    assert abs(sum(r["cost"] for r in rows) - 1.0) < 1e-3
+    pow_rows = [r for r in rows if r["op_type"] == "pow"]   # the article: pow on the CPU
+    assert pow_rows and all(r["device"] == "CPU" and r["dtype"] == "fp32" for r in pow_rows)
 
 
 def test_latency_grows_with_size_and_every_chip_works(calibration_set):
@@ -122,9 +129,10 @@ def test_latency_grows_with_size_and_every_chip_works(calibration_set):
     for chip in CHIPS:
         lat = [estimate(calibration_set[f"{m}/fp16"], chip).latency_ms for m in sizes]
         assert lat == sorted(lat), (chip, lat)
-    fast = estimate(calibration_set["efficientformer_l7/fp16"], "M4").latency_ms
-    slow = estimate(calibration_set["efficientformer_l7/fp16"], "A14").latency_ms
-    assert fast < slow
+    fast = estimate(calibration_set["efficientformer_l7/fp16"], "M4")
+    slow = estimate(calibration_set["efficientformer_l7/fp16"], "A14")
+    assert fast.latency_ms < slow.latency_ms
+    assert "no published M4 measurement" in fast.source and "no published" not in slow.source
 
 
 def test_leave_one_family_out_beats_baseline():

@@ -59,10 +59,13 @@ class DeviceEstimate:
         return out
 
     def rows(self) -> list[dict]:
-        """The per-op table (same columns as the measured MLComputePlan table)."""
+        """The per-op table (same columns as the measured MLComputePlan table, joined to
+        ops.csv by op name): cost is the op's share of the summed op times, as Apple's
+        MLComputePlan cost weight is a share in [0, 1]."""
+        busy = sum(o.ms for o in self.ops) or 1.0
         return [{"op": o.name, "op_type": o.op_type, "dtype": o.dtype, "device": o.device,
-                 "supported": o.supported, "ms": round(o.ms, 6), "reason": o.reason,
-                 "index": o.index} for o in self.ops]
+                 "supported": o.supported, "cost": round(o.ms / busy, 6),
+                 "ms": round(o.ms, 6), "reason": o.reason, "index": o.index} for o in self.ops]
 
 
 def calibration() -> dict:
@@ -75,6 +78,8 @@ def source_line(chip: str, cal: dict) -> str:
     err = cal.get("median_abs_error")
     valid = (f"leave-one-family-out median |error| {err:.0%}" if err is not None
              else "uncalibrated")
+    if str(cal.get("chips", {}).get(chip, "")).startswith("no published row"):
+        valid += f", no published {chip} measurement"
     return f"estimated (device model, chip {chip}; {valid})"
 
 

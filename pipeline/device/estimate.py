@@ -7,7 +7,7 @@ returns says it is estimated, names the chip and the model's validated error (da
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from pipeline.device.chips import get_chip
 from pipeline.device.cost import FIT_FILE, UNITS, Features, Params, op_times
@@ -133,7 +133,3 @@ def segments_of(ops: list[OpEstimate], spec) -> list[dict]:
     for seg in segments:
         seg["ms"] = round(seg["ms"], 6)
     return segments
-
-
-def as_dict(est: DeviceEstimate) -> dict:
-    return asdict(est)

@@ -8,7 +8,7 @@ import csv
 import gzip
 import json
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from pipeline.programs import OpRecord
@@ -128,7 +128,3 @@ def read_ops_file(path: Path = OPS_FILE) -> dict[str, list[OpRecord]]:
 def needed_programs() -> list[tuple[str, str]]:
     """(model, precision) pairs the published measurements need."""
     return sorted({(m.model, m.precision) for m in published()})
-
-
-def as_dicts(records: list[OpRecord]) -> list[dict]:
-    return [asdict(r) for r in records]

@@ -160,7 +160,9 @@ def run(write: bool = True) -> dict:
             "baseline": "latency = a + b * MACs per chip, same split, rows where defined",
             "in_sample_median_abs_error": round(statistics.median(abs_errors(in_sample, rows)), 4),
             "notes": "GPU parameters rest on one FP32 row (edgesam, M2) and on priors; CPU "
-                     "parameters are priors (no published CPU latency)",
+                     "parameters are priors (no published CPU latency); small models on newer "
+                     "chips are over-estimated (NE dispatch floor measured on M1 applied to "
+                     "all chips, see data/chips.yaml)",
             "chips": chip_notes(rows),
         },
         "rows": [{"model": m.model, "chip": m.chip, "precision": m.precision,

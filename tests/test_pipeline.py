@@ -76,10 +76,10 @@ def test_evaluate_fp16_fails_at_pow_and_mixed_passes(tiny_run):
     assert run16["first_nonfinite_op"]["op_type"] == "pow"
     assert m16["accuracy"]["source"] == "emulated"
     assert m16["latency"]["status"] == "estimated" and "chip M2" in m16["latency"]["source"]
-    # placement: mixed stays near FP16's Neural Engine share, far above FP32's
-    assert m16["placement"]["ne_op_share"] > 0.99  # all but the output cast to FP32
+    # placement (the device model's; tests/test_backends.py checks it per setting): an FP32
+    # op never runs on the Neural Engine, so FP32 islands can only lower the NE share
     assert m32["placement"]["ne_op_share"] == 0.0
-    assert mmx["placement"]["ne_op_share"] > 0.9
+    assert m16["placement"]["ne_op_share"] >= mmx["placement"]["ne_op_share"]
     assert m16["placement"]["source"].startswith("estimated")
 
 
@@ -109,7 +109,8 @@ def test_mlflow_has_one_run_per_variant_with_metrics_and_tags(tiny_run):
     assert set(by_variant) == {"fp32", "fp16", "mixed"}
     r16 = by_variant["fp16"]
     assert r16.data.metrics["accuracy.passes"] == 0
-    assert r16.data.metrics["placement.ne_op_share"] > 0.99
+    m16 = artifacts.read_json(tiny_run / "artifacts" / "evaluate" / "fp16" / "metrics.json")
+    assert r16.data.metrics["placement.ne_op_share"] == m16["placement"]["ne_op_share"]
     assert r16.data.tags["accuracy.source"] == "emulated"
     assert r16.data.tags["latency.status"] == "estimated"
     assert r16.data.params["precision.compute"] == "fp16"

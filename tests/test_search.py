@@ -44,7 +44,13 @@ def test_auto_finds_a_small_verified_set(tiny_copy, monkeypatch):
     m = artifacts.read_json(art / "evaluate" / "auto" / "metrics.json")
     m32 = artifacts.read_json(art / "evaluate" / "fp32" / "metrics.json")
     assert m["accuracy"]["passes"] == 1
-    assert m["placement"]["ne_op_share"] >= 0.95 > m32["placement"]["ne_op_share"]
+    mixed = artifacts.read_json(art / "evaluate" / "mixed" / "metrics.json")
+    # the objective: estimated latency. Fewer FP32 ops than the article's region, never slower
+    # by the device model; the search's own estimate (virtual program) matches the package's
+    est = m["latency"]["estimated_ms"]["ALL"]
+    assert est <= mixed["latency"]["estimated_ms"]["ALL"] * 1.001
+    assert search["latency_est_ms"] == pytest.approx(est, rel=0.05)
+    assert m["placement"]["ne_op_share"] >= m32["placement"]["ne_op_share"] == 0.0
     text = (art / "convert" / "auto" / "precision.yaml").read_text()
     assert "compute: mixed" in text and "Verified by a real conversion" in text
 

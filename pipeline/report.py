@@ -110,7 +110,7 @@ def latency_table(variants: list[dict]) -> list[str]:
             cells.append(f"{got:.2f} [{est:.2f}]" if got is not None else f"{est:.2f}")
         p = m["placement"]
         mix = ", ".join(f"{d} {p[f'{d.lower()}_op_share']:.2f}" for d in ("NE", "GPU", "CPU")
-                        if p.get(f"{d.lower()}_op_share"))
+                        if p.get(f"{d.lower()}_op_share", 0) >= 0.005)
         lines.append(f"| {v['name']} | " + " | ".join(cells)
                      + f" | {_fmt(p['ne_op_share'], 2)} | {mix} |")
     return lines

@@ -68,8 +68,8 @@ def test_emulator_metrics_have_estimated_latency_and_placement_per_units(tiny_ru
     for cu in UNITS:
         rows = read_csv(ev / "fp16" / "placement" / f"placement_{cu}.csv")
         assert tuple(rows[0]) == PLACEMENT_FIELDS and {r["device"] for r in rows} <= {"NE", "GPU", "CPU"}
-        total = sum(float(r["ms"]) for r in rows)
-        assert total == pytest.approx(m["fp16"]["latency"]["estimated_ms"][cu], rel=0.35)
+        total = sum(float(r["ms"]) for r in rows)  # op times; dispatch and switches come on top
+        assert 0 < total <= m["fp16"]["latency"]["estimated_ms"][cu] + 1e-3
     ops = {r["name"] for r in read_csv(ev / "fp16" / "ops.csv")}
     assert {r["op"] for r in head if r["op_type"] != "cast"} <= ops  # joined by op name
 

@@ -1,5 +1,6 @@
 """precision=auto on each built-in model: evaluations used against 2·k·log2(N), FP32 ops
-chosen, accuracy reached, estimated Neural Engine share, wall time.
+chosen, accuracy reached, the device model's estimated Neural Engine share and latency (M2,
+ALL: the search's objective), wall time.
     python -m benchmarks.search [--models edgesam minilm tiny]
 """
 from __future__ import annotations
@@ -9,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import artifacts, placement, programs
+from pipeline import artifacts, programs
 from pipeline.cli import setup_logging
 from pipeline.config import load_config
 
@@ -32,12 +33,14 @@ def bench(case: str, workdir: Path) -> dict:
     wall = time.perf_counter() - started
     report = artifacts.read_json(workdir / "convert" / "auto" / "report.json")
     s = report["search"]
+    from pipeline.device import estimate
+
     ops = programs.read_ops(workdir / "convert" / "auto" / "model.mlpackage")
-    ne = placement.summarize(placement.estimate(ops), "estimated")
+    est = estimate(ops, chip="M2", compute_units="ALL").summary()
     return {"case": case, "N": s["float_ops"], "evals": s["evaluations"], "bound": s["bound_2klog2n"],
             "fp32": len(s["fp32_ops"]), "snr": s["verified"]["snr_db"],
-            "cos": s["verified"]["cosine_min"], "ne": ne["ne_op_share"], "search_s": s["seconds"],
-            "wall_s": wall}
+            "cos": s["verified"]["cosine_min"], "ne": est["ne_op_share"],
+            "ms": est["latency_ms"], "search_s": s["seconds"], "wall_s": wall}
 
 
 def main() -> None:
@@ -49,12 +52,14 @@ def main() -> None:
     for case in args.models:
         with tempfile.TemporaryDirectory() as tmp:
             rows.append(bench(case, Path(tmp)))
-    print("\nprecision=auto (accuracy emulated, NE share estimated)")
+    print("\nprecision=auto (accuracy emulated; NE share and ms estimated by the device model, "
+          "chip M2, ALL)")
     print(f"{'model':12s} {'N ops':>6s} {'evals':>6s} {'2klog2N':>8s} {'FP32 ops':>8s} {'SNR dB':>7s} "
-          f"{'cos min':>9s} {'NE share':>8s} {'search s':>8s} {'wall s':>7s}")
+          f"{'cos min':>9s} {'NE share':>8s} {'est. ms':>8s} {'search s':>8s} {'wall s':>7s}")
     for r in rows:
         print(f"{r['case']:12s} {r['N']:6d} {r['evals']:6d} {r['bound']:8.1f} {r['fp32']:8d} "
-              f"{r['snr']:7.1f} {r['cos']:9.6f} {r['ne']:8.3f} {r['search_s']:8.1f} {r['wall_s']:7.1f}")
+              f"{r['snr']:7.1f} {r['cos']:9.6f} {r['ne']:8.3f} {r['ms']:8.2f} {r['search_s']:8.1f} "
+              f"{r['wall_s']:7.1f}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,8 @@
-"""Stage 3, compile: make a converted package runnable on the available backend.
+"""Stage 3, compile: make a converted package runnable on the configured backend.
 
-- coreml (macOS): compiles model.mlpackage to model.mlmodelc with coremltools.
-- emulator (elsewhere): no .mlmodelc can be made; instead it builds the emulator's execution
-  plan, checks that it implements every op of the program, and records why no Core ML
-  compilation happened.
+The backend (pipeline/backends) does the work: ``coreml`` compiles model.mlpackage to
+model.mlmodelc with coremltools (macOS); ``emulator`` builds the emulator's execution plan,
+checks that it implements every op, and records why no Core ML compilation happened.
 Writes artifacts/compile/<variant>/compile.json (and model.mlmodelc on macOS).
 """
 from __future__ import annotations
@@ -14,12 +13,9 @@ import time
 
 from omegaconf import DictConfig
 
-from pipeline import artifacts
-from pipeline.backends import compile_package, not_on_macos_reason, resolve_backend
+from pipeline import artifacts, backends
 from pipeline.cli import main_for
 from pipeline.config import variant_dir
-from pipeline.emulator import Emulator
-from pipeline.emulator.numerics import numerics_from
 from pipeline.errors import UserError
 
 log = logging.getLogger("pipeline.compile")
@@ -31,27 +27,16 @@ def run(cfg: DictConfig) -> None:
     if not package.exists():
         raise UserError(f"no converted package at {package}",
                         f"run `python -m pipeline.convert precision={variant}` first")
-    backend = resolve_backend(cfg.backend)
+    backend = backends.for_config(cfg, package)
     out_dir = variant_dir(cfg, "compile")
     started = time.perf_counter()
     with artifacts.atomic_path(out_dir, is_dir=True) as tmp:
-        record = {"variant": variant, "backend": backend, "platform": platform.platform()}
-        if backend == "coreml":
-            compiled = compile_package(package, tmp)
-            record.update(compiled=compiled.name, coreml_compiled=True)
-        else:
-            emulator = Emulator(package, device="cpu", numerics=numerics_from(cfg))
-            record.update(
-                coreml_compiled=False,
-                reason=not_on_macos_reason().replace("nothing was measured",
-                                                     "no .mlmodelc was compiled"),
-                emulator_plan={"steps": len(emulator.plan.steps),
-                               "consts": len(emulator.plan.consts),
-                               "op_types": emulator.plan.op_types(),
-                               "all_ops_supported": True})
+        record = {"variant": variant, "backend": backend.name, "platform": platform.platform(),
+                  **backend.compile(tmp)}
         record["seconds"] = round(time.perf_counter() - started, 3)
         artifacts.write_json(tmp / "compile.json", record)
-    log.info("%s: %s compile ready in %.1f s -> %s", variant, backend, record["seconds"], out_dir)
+    log.info("%s: %s compile ready in %.1f s -> %s", variant, backend.name, record["seconds"],
+             out_dir)
 
 
 def main() -> None:

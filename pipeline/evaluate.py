@@ -1,11 +1,16 @@
 """Stage 4, evaluate: accuracy, placement and latency of one variant, logged to MLflow.
 
-Reads artifacts/trace/, artifacts/convert/<variant>/ (and the fp32 variant's package, the
-reference for per-op errors), artifacts/compile/<variant>/. Writes artifacts/evaluate/<variant>/:
-  metrics.json    accuracy (emulated or measured), placement (estimated or Core ML's
-                  compute plan), latency (measured on macOS, else "not measured" and why)
+The backend (pipeline/backends, chosen by `backend`) answers for accuracy, placement and
+latency; the emulator gives the per-op diagnostics on every backend. Reads artifacts/trace/,
+artifacts/convert/<variant>/ (and the fp32 variant's package, the reference for per-op
+errors), artifacts/compile/<variant>/. Writes artifacts/evaluate/<variant>/:
+  metrics.json    accuracy (emulated, or measured per compute-units setting on macOS);
+                  placement and latency per compute-units setting for device.chip (estimated
+                  by the device model; on macOS measured, with the estimate and its error
+                  beside); diagnostics (emulated) -- every section names its source
   ops.csv         per-op diagnostics from the emulator
-  placement.csv   per-op device
+  placement.csv   per-op device under device.compute_units, and placement/placement_<units>.csv
+                  for each setting; one schema for measured and estimated (backends/protocol.py)
   run.json        where the numbers came from, the MLflow run id, timings
 """
 from __future__ import annotations
@@ -17,14 +22,13 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from pipeline import artifacts, metrics, placement, programs, tracking
-from pipeline.backends import (COMPUTE_UNITS, compute_plan, coreml_predict, measure_latency,
-                               not_on_macos_reason, resolve_backend)
+from pipeline import artifacts, backends, metrics, tracking
+from pipeline.backends import Backend, Settings
 from pipeline.cli import main_for
 from pipeline.config import artifacts_dir, to_dict, variant_dir
 from pipeline.emulator import Emulator
 from pipeline.emulator import diagnostics as diag
-from pipeline.emulator.numerics import Numerics, numerics_from
+from pipeline.emulator.numerics import Numerics
 from pipeline.errors import UserError
 
 log = logging.getLogger("pipeline.evaluate")
@@ -41,16 +45,12 @@ def stack(outputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def emulate(cfg: DictConfig, package: Path, inputs: dict[str, np.ndarray], variant: str,
-            compiled: Path | None = None):
-    """Run the variant in the emulator, with per-op diagnostics against the FP32 program;
-    under device numerics also under IEEE numerics (outputs in the last item, else None).
-    With a compiled model (macOS), each op's unit comes from Core ML's compute plan."""
-    numerics, device = numerics_from(cfg), cfg.evaluate.device
-    if compiled is not None and numerics.per_op and not numerics.profile:
-        from pipeline.emulator.numerics.apply import units_from_compute_plan
-        numerics.units = units_from_compute_plan(
-            compute_plan(compiled, cfg.evaluate.placement_compute_units))
-        numerics.compute_units += " (Core ML compute plan)"
+            numerics: Numerics):
+    """The variant in the emulator, with per-op diagnostics against the FP32 program (on
+    every backend: Core ML exposes no per-op values); under device numerics also under
+    IEEE numerics (outputs in the last item, else None). ``numerics.units`` is the
+    backend's placement: each op computes as the unit it runs on."""
+    device = cfg.evaluate.device
     emulator = Emulator(package, device=device, numerics=numerics)
     reference = None
     if cfg.evaluate.diagnostics and variant != REFERENCE_VARIANT:
@@ -73,9 +73,8 @@ def emulate(cfg: DictConfig, package: Path, inputs: dict[str, np.ndarray], varia
 
 
 # ---- numerics (issue 12): which numerics produced the numbers, and IEEE where they differ
-def numerics_section(cfg: DictConfig, rows, accuracy: dict, ieee_outputs, reference,
+def numerics_section(num: Numerics, rows, accuracy: dict, ieee_outputs, reference,
                      tolerance: dict, task) -> dict:
-    num = numerics_from(cfg)
     used: dict[str, int] = {}
     for r in rows:
         used[r.numerics] = used.get(r.numerics, 0) + 1
@@ -96,41 +95,74 @@ def numerics_section(cfg: DictConfig, rows, accuracy: dict, ieee_outputs, refere
 # ---- end numerics
 
 
-def placement_section(cfg: DictConfig, backend: str, package: Path, compiled: Path | None,
-                      out_dir: Path) -> dict:
-    units = cfg.evaluate.placement_compute_units
-    if units not in COMPUTE_UNITS:
-        raise UserError(f"unknown evaluate.placement_compute_units '{units}'",
-                        f"choose one of: {', '.join(COMPUTE_UNITS)}")
-    if backend == "coreml" and compiled is not None:
-        section = {"source": "measured (Core ML MLComputePlan)", "compute_units": units}
-        for cu in COMPUTE_UNITS:
-            rows = compute_plan(compiled, cu)
-            placement.write_table(rows, out_dir / f"placement_{cu}.csv")
-            if cu == units:
-                placement.write_table(rows, out_dir / "placement.csv")
-            section[cu] = placement.summarize(rows, "measured")
-        section.update({k: v for k, v in section[units].items() if k != "source"})
-        return section
-    rows = placement.estimate(programs.read_ops(package), units)
-    placement.write_table(rows, out_dir / "placement.csv")
-    summary = placement.summarize(rows, "estimated")
-    summary["source"] = "estimated (rules in pipeline/placement.py)"
-    summary["compute_units"] = units
-    return summary
+def check_device(cfg: DictConfig) -> None:
+    """Unknown chip or compute units: one line before the work, not after it."""
+    from pipeline.device import CHIPS, COMPUTE_UNITS
+
+    if cfg.device.chip not in CHIPS:
+        raise UserError(f"unknown device.chip '{cfg.device.chip}'",
+                        f"choose one of: {', '.join(CHIPS)}")
+    for cu in [cfg.device.compute_units, *cfg.evaluate.latency.compute_units]:
+        if cu not in COMPUTE_UNITS:
+            raise UserError(f"unknown compute units '{cu}' (device.compute_units or "
+                            "evaluate.latency.compute_units)",
+                            f"choose from: {', '.join(COMPUTE_UNITS)}")
 
 
-def latency_section(cfg: DictConfig, backend: str, compiled: Path | None,
-                    inputs: dict[str, np.ndarray]) -> dict:
-    if backend != "coreml" or compiled is None:
-        return {"status": "not measured", "reason": not_on_macos_reason()}
-    lat = cfg.evaluate.latency
-    section: dict = {"status": "measured", "source": "measured (Core ML predict, wall clock)",
-                     "warmup": int(lat.warmup), "runs": int(lat.runs)}
-    for cu in lat.compute_units:
-        m = measure_latency(compiled, inputs, cu, int(lat.warmup), int(lat.runs))
-        section[cu] = {"median_ms": round(m.median_ms, 3), "p90_ms": round(m.p90_ms, 3)}
+def accuracy_section(backend: Backend, settings: Settings, reference, inputs, tolerance,
+                     task, emulated: dict[str, np.ndarray]) -> dict:
+    """Accuracy under the headline compute units; on a backend whose units compute
+    differently (Core ML), also under every listed setting. Elsewhere the emulated outputs
+    (already computed for the diagnostics) are the backend's predictions."""
+    if backend.per_unit_predictions:
+        by_units = {cu: metrics.accuracy(reference, backend.predict(inputs, cu), tolerance, task)
+                    for cu in settings.latency_units}
+    else:
+        by_units = {settings.compute_units: metrics.accuracy(reference, emulated, tolerance,
+                                                             task)}
+    section = {"source": backend.accuracy_source, "compute_units": settings.compute_units,
+               **by_units[settings.compute_units]}
+    if len(by_units) > 1:
+        section["by_compute_units"] = {
+            cu: {k: a[k] for k in ("passes", "cosine_min", "snr_db", "nonfinite_fraction")}
+            for cu, a in by_units.items()}
     return section
+
+
+def latency_section(backend: Backend, settings: Settings, inputs) -> dict:
+    """Estimated ms per compute-units setting for the chip; measured beside it on macOS."""
+    figures = {cu: backend.latency(inputs, cu) for cu in settings.latency_units}
+    head = figures[settings.compute_units]
+    section: dict = {"status": head.status, "source": head.source, "chip": settings.chip,
+                     "compute_units": settings.compute_units,
+                     "estimated_ms": {cu: f.estimated_ms for cu, f in figures.items()}}
+    if head.extra.get("calibration"):
+        section["calibration"] = head.extra["calibration"]
+    if head.measured_ms is not None:
+        section["estimate_source"] = head.extra.get("estimate_source")
+        section["warmup"], section["runs"] = settings.warmup, settings.runs
+        section["measured_ms"] = {cu: f.measured_ms for cu, f in figures.items()}
+        section["p90_ms"] = {cu: f.p90_ms for cu, f in figures.items()}
+        section["estimate_error"] = {cu: round(f.estimate_error, 4)
+                                     for cu, f in figures.items() if f.estimate_error is not None}
+    return section
+
+
+def placement_section(backend: Backend, settings: Settings, out_dir: Path) -> dict:
+    """The headline setting's summary at the top, every setting's under by_compute_units;
+    one CSV per setting (placement.csv is the headline's)."""
+    by_units = {}
+    (out_dir / "placement").mkdir(exist_ok=True)
+    for cu in settings.latency_units:
+        table = backend.placement(cu)
+        table.write(out_dir / "placement" / f"placement_{cu}.csv")
+        if cu == settings.compute_units:
+            table.write(out_dir / "placement.csv")
+        by_units[cu] = table.summary()
+    head = by_units[settings.compute_units]
+    return {**head, "chip": settings.chip,
+            "by_compute_units": {cu: {k: v for k, v in s.items() if k != "source"}
+                                 for cu, s in by_units.items()}}
 
 
 def run(cfg: DictConfig) -> None:
@@ -148,81 +180,102 @@ def run(cfg: DictConfig) -> None:
     if task and task not in metrics.TASK_METRICS:
         raise UserError(f"unknown model.task_metric '{task}'",
                         f"choose one of: {', '.join(metrics.TASK_METRICS)} (or null)")
-    backend = resolve_backend(cfg.backend)
+    check_device(cfg)
     if cfg.tracking.enabled:
         tracking.check_uri(cfg.tracking.uri)  # fail before the work, not after it
     compile_record = artifacts.read_json(compile_record_path)
-    compiled = None
-    if backend == "coreml" and compile_record.get("coreml_compiled"):
-        compiled = variant_dir(cfg, "compile") / compile_record["compiled"]
+    compiled = (variant_dir(cfg, "compile") / compile_record["compiled"]
+                if compile_record.get("compiled") else None)
+    backend = backends.for_config(cfg, package, compiled)
+    if compile_record.get("backend") != backend.name:
+        raise UserError(f"variant '{variant}' was compiled for backend "
+                        f"'{compile_record.get('backend')}', not '{backend.name}'",
+                        f"run `python -m pipeline.compile precision={variant} "
+                        f"backend={backend.name}` first")
+    settings = Settings.from_config(cfg)
     inputs = artifacts.read_npz(trace_dir / "inputs.npz")
     reference = artifacts.read_npz(trace_dir / "reference.npz")
     conversion = artifacts.read_json(variant_dir(cfg, "convert") / "report.json")
+    tolerance = manifest.get("tolerance") or {}
 
-    log.info("evaluating %s/%s on %s over %d samples", manifest["model"], variant, backend,
+    log.info("evaluating %s/%s on %s over %d samples", manifest["model"], variant, backend.name,
              manifest["samples"])
     out_dir = variant_dir(cfg, "evaluate")
     with artifacts.atomic_path(out_dir, is_dir=True) as tmp:
-        outputs, rows, emu_seconds, fallbacks, ieee_outputs = emulate(cfg, package, inputs, variant,
-                                                                      compiled)
-        accuracy_source = "emulated"
-        if backend == "coreml" and compiled is not None:
-            outputs = stack(coreml_predict(compiled, inputs))
-            accuracy_source = "measured (Core ML predict)"
-        accuracy = metrics.accuracy(reference, outputs, manifest.get("tolerance") or {}, task)
-        numerics = numerics_section(cfg, rows, accuracy, ieee_outputs, reference,
-                                    manifest.get("tolerance") or {}, task)
-        if accuracy_source != "emulated":
-            numerics["note"] = "accuracy measured on the device; numerics apply to ops.csv only"
+        numerics = settings.numerics
+        if numerics.per_op and not numerics.profile:  # each op computes as its unit does
+            head = backend.placement(settings.compute_units)
+            numerics.units = {r["op"]: r["device"] for r in head.rows}
+            numerics.compute_units = f"{settings.compute_units}; {head.source.split(' (')[0]}"
+        outputs, rows, emu_seconds, fallbacks, ieee_outputs = emulate(cfg, package, inputs,
+                                                                      variant, numerics)
         diag.write_table(rows, tmp / "ops.csv")
         first = diag.first_nonfinite(rows)
         worst = max((r for r in rows if r.rel_error_vs_fp32 is not None),
                     key=lambda r: r.rel_error_vs_fp32 or 0.0, default=None)
+        accuracy = accuracy_section(backend, settings, reference, inputs, tolerance, task,
+                                    outputs)
+        numerics_result = numerics_section(numerics, rows, accuracy, ieee_outputs, reference,
+                                           tolerance, task)
+        if backend.per_unit_predictions:
+            numerics_result["note"] = ("accuracy measured on the device; these numerics apply "
+                                       "to ops.csv only")
+        latency = latency_section(backend, settings, inputs)  # before placement: its ms use it
         result = {
-            "accuracy": {"source": accuracy_source, **accuracy},
-            "numerics": numerics,
-            "placement": placement_section(cfg, backend, package, compiled, tmp),
-            "latency": latency_section(cfg, backend, compiled, inputs),
+            "accuracy": accuracy,
+            "numerics": numerics_result,
+            "placement": placement_section(backend, settings, tmp),
+            "latency": latency,
             "program": {"compute_ops": conversion["compute_ops"],
                         "fp32_compute_ops": len(conversion["fp32_compute_ops"]),
-                        "casts": conversion["casts"],
-                        "overflowing_ops": sum(1 for r in rows if r.inf_count)},
+                        "casts": conversion["casts"]},
+            # per-op figures come from the emulator on every backend, and say so
+            "diagnostics": {"source": f"emulated (pipeline/emulator, "
+                                      f"{numerics.describe()})",
+                            "overflowing_ops": sum(1 for r in rows if r.inf_count),
+                            "first_nonfinite_op": None if first is None else first.name},
         }
         details = {
-            "model": manifest["model"], "variant": variant, "backend": backend,
-            "emulator": {"numerics": numerics["description"], "device": cfg.evaluate.device,
+            "model": manifest["model"], "variant": variant, "backend": backend.name,
+            "emulator": {"numerics": numerics_result["description"],
+                         "device": cfg.evaluate.device,
                          "native_fp16_fallbacks": fallbacks,
                          "wall_seconds_not_core_ml_latency": round(emu_seconds, 3)},
             "first_nonfinite_op": None if first is None else
-            {"name": first.name, "op_type": first.op_type, "dtype": first.dtype},
+            {"name": first.name, "op_type": first.op_type, "dtype": first.dtype,
+             "source": "emulated"},
             "worst_op_vs_fp32": None if worst is None else
             {"name": worst.name, "op_type": worst.op_type,
-             "rel_error": worst.rel_error_vs_fp32},
-            "tolerance": manifest.get("tolerance") or {},
+             "rel_error": worst.rel_error_vs_fp32, "source": "emulated"},
+            "tolerance": tolerance,
         }
         artifacts.write_json(tmp / "metrics.json", result)
         if cfg.tracking.enabled:
-            details["mlflow_run_id"] = log_to_mlflow(cfg, manifest, variant, backend, result,
-                                                     details, tmp, conversion)
+            details["mlflow_run_id"] = log_to_mlflow(cfg, manifest, variant, backend.name,
+                                                     result, details, tmp, conversion)
         artifacts.write_json(tmp / "run.json", details)
     verdict = "PASSES" if accuracy["passes"] else "FAILS"
+    lat = result["latency"]
+    ms = (lat.get("measured_ms") or lat["estimated_ms"])[settings.compute_units]
     log.info("%s %s tolerance: cosine_min %.5f, SNR %.1f dB, non-finite %.4f%s; NE op share "
-             "%.2f (%s)", variant, verdict, accuracy["cosine_min"], accuracy["snr_db"],
-             accuracy["nonfinite_fraction"],
+             "%.2f; %s %.2f ms under %s (%s)", variant, verdict, accuracy["cosine_min"],
+             accuracy["snr_db"], accuracy["nonfinite_fraction"],
              f"; first non-finite at {first.op_type} '{first.name}'" if first else "",
-             result["placement"]["ne_op_share"], result["placement"]["source"].split()[0])
+             result["placement"]["ne_op_share"], lat["status"], ms, settings.compute_units,
+             lat["source"])
 
 
 def log_to_mlflow(cfg, manifest, variant, backend, result, details, folder: Path,
                   conversion: dict) -> str:
-    flat = tracking.flatten(result)
-    numbers, texts = tracking.split_numeric(flat)
+    numbers, texts = tracking.split_numeric(tracking.flatten(result))
+    numbers = tracking.metric_names(numbers)
     params = tracking.flatten({"model": to_dict(cfg.model), "precision": to_dict(cfg.precision),
                                "convert": to_dict(cfg.convert), "evaluate": to_dict(cfg.evaluate),
-                               "trace": to_dict(cfg.trace), "backend": backend})
+                               "trace": to_dict(cfg.trace), "device": to_dict(cfg.device),
+                               "backend": backend})
     params["latency"] = result["latency"]["status"]
     tags = {"model": manifest["model"], "variant": variant, "backend": backend,
-            "git_commit": tracking.git_commit(), **texts,
+            "git_commit": tracking.git_commit(), **texts, **tracking.device_tags(result),
             **{f"version.{k}": v for k, v in tracking.versions().items()},
             **tracking.dvc_stage_hashes(["trace", f"convert@{variant}", f"compile@{variant}"])}
     tags["numerics"] = result["numerics"]["description"]
@@ -230,7 +283,7 @@ def log_to_mlflow(cfg, manifest, variant, backend, result, details, folder: Path
         tags["first_nonfinite_op"] = details["first_nonfinite_op"]["name"]
     artifacts.write_json(folder / "conversion_report.json", conversion)
     files = [folder / "metrics.json", folder / "ops.csv", folder / "conversion_report.json",
-             *sorted(folder.glob("placement*.csv"))]
+             folder / "placement.csv", *sorted((folder / "placement").glob("*.csv"))]
     experiment = cfg.tracking.experiment or manifest["model"]
     return tracking.log_run(cfg.tracking.uri, experiment, f"{manifest['model']}-{variant}-{backend}",
                             params, numbers, tags, files)

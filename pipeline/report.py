@@ -1,8 +1,9 @@
 """Stage 5, report: compare every evaluated variant of the model, in a table and two plots.
 
 Reads artifacts/evaluate/*/ (the variants evaluated for this model). Writes artifacts/report/:
-  report.md      the comparison table, the recommendation, what failed and where
-  tradeoff.png   accuracy (SNR) against Neural Engine share, one point per variant
+  report.md      the comparison table, latency per variant x compute units (estimated for
+                 device.chip, or measured), the recommendation and its rule, what failed
+  tradeoff.png   accuracy (SNR) against latency, one point per variant
   ops.png        per-op max |activation| and error vs FP32 along the program, FP16 limit drawn,
                  overflowing ops marked
   tradeoff.csv, ops.csv   the same data, declared as DVC plots
@@ -46,14 +47,28 @@ def collect(cfg: DictConfig, model: str) -> list[dict]:
     return variants
 
 
+def latency_ms(m: dict, units: str | None = None) -> float:
+    """The variant's latency under ``units`` (default: the headline setting): measured where
+    measured, else the device model's estimate."""
+    lat = m["latency"]
+    units = units or lat["compute_units"]
+    measured = (lat.get("measured_ms") or {}).get(units)
+    return float(measured if measured is not None else lat["estimated_ms"][units])
+
+
+RULE = ("the fastest variant that meets the model's tolerance, by {kind} latency under {units} "
+        "on {chip}; ties (within 1%): fewest FP32 ops")
+
+
 def recommend(variants: list[dict]) -> dict | None:
-    """The passing variant with the most Neural Engine work; ties: fewer FP32 ops."""
+    """The fastest passing variant; ties (within 1%): fewer FP32 ops."""
     passing = [v for v in variants if v["metrics"]["accuracy"]["passes"]]
     if not passing:
         return None
-    return max(passing, key=lambda v: (v["metrics"]["placement"]["ne_cost_share"],
-                                       v["metrics"]["placement"]["ne_op_share"],
-                                       -v["metrics"]["program"]["fp32_compute_ops"]))
+    fastest = min(latency_ms(v["metrics"]) for v in passing)
+    near = [v for v in passing if latency_ms(v["metrics"]) <= fastest * 1.01]
+    return min(near, key=lambda v: (v["metrics"]["program"]["fp32_compute_ops"],
+                                    latency_ms(v["metrics"])))
 
 
 def _fmt(x, digits=4):
@@ -64,51 +79,86 @@ def _fmt(x, digits=4):
     return str(x)
 
 
-def latency_text(lat: dict) -> str:
-    if lat.get("status") != "measured":
-        return "not measured"
-    return ", ".join(f"{cu} {v['median_ms']:.2f} ms" for cu, v in lat.items()
-                     if isinstance(v, dict))
+def _pct(x) -> str:
+    return f"{100 * float(x):.0f}%"
+
+
+def latency_table(variants: list[dict]) -> list[str]:
+    """Variant x compute units, like the source article's table: estimated ms on the chip
+    (and measured ms beside it where a Mac measured)."""
+    lat = variants[0]["metrics"]["latency"]
+    units = list(lat["estimated_ms"])
+    measured = "measured_ms" in lat
+    cal = lat.get("calibration") or {}
+    validated = ("not yet calibrated" if cal.get("median_abs_error") is None else
+                 f"calibration median |error| {_pct(cal['median_abs_error'])}"
+                 + (f", rank correlation {cal['spearman']:.2f}"
+                    if isinstance(cal.get("spearman"), (int, float)) else ""))
+    title = (f"Latency, ms: measured with Core ML (device-model estimate for {lat['chip']} in "
+             "brackets)" if measured else
+             f"Latency, ms: **estimated** for {lat['chip']} by the device model (pipeline/device; "
+             f"{validated}) -- not measured")
+    lines = [title, "", "| variant | " + " | ".join(units) + " | NE op share "
+             f"({lat['compute_units']}) | devices under {lat['compute_units']} |",
+             "|---|" + "---|" * (len(units) + 2)]
+    for v in variants:
+        m = v["metrics"]
+        cells = []
+        for cu in units:
+            est = m["latency"]["estimated_ms"].get(cu)
+            got = (m["latency"].get("measured_ms") or {}).get(cu)
+            cells.append(f"{got:.2f} [{est:.2f}]" if got is not None else f"{est:.2f}")
+        p = m["placement"]
+        mix = ", ".join(f"{d} {p[f'{d.lower()}_op_share']:.2f}" for d in ("NE", "GPU", "CPU")
+                        if p.get(f"{d.lower()}_op_share", 0) >= 0.005)
+        lines.append(f"| {v['name']} | " + " | ".join(cells)
+                     + f" | {_fmt(p['ne_op_share'], 2)} | {mix} |")
+    return lines
 
 
 def markdown(model: str, variants: list[dict], best: dict | None, fp16_limit: float) -> str:
     first = variants[0]["metrics"]
+    lat = first["latency"]
+    kind = "measured" if lat["status"] == "measured" else "estimated"
+    rule = RULE.format(kind=kind, units=lat["compute_units"], chip=lat["chip"])
     lines = [f"# Precision report: {model}", "",
              f"Accuracy is **{first['accuracy']['source']}** against the FP32 PyTorch reference; "
-             f"placement is **{first['placement']['source']}**; latency: "
-             f"**{first['latency']['status']}**"
-             + (f" ({first['latency'].get('reason')})." if first['latency'].get('reason') else "."),
-             "", "| variant | passes | cosine min | SNR dB | non-finite | FP32 ops | casts | "
-             "NE op share | NE cost share | device switches | latency | first non-finite op |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"placement is **{first['placement']['source']}**; latency is "
+             f"**{lat['source']}**. Per-op figures (first non-finite op, overflowing ops) are "
+             f"**{first['diagnostics']['source']}**. The emulator's wall time is never a "
+             "latency.", "",
+             f"| variant | passes | cosine min | SNR dB | non-finite | FP32 ops | casts | "
+             f"{kind} ms ({lat['compute_units']}, {lat['chip']}) | NE op share | device switches "
+             "| first non-finite op |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in variants:
         a, p, prog = v["metrics"]["accuracy"], v["metrics"]["placement"], v["metrics"]["program"]
         bad = v["run"].get("first_nonfinite_op")
         lines.append(
             f"| {v['name']} | {'yes' if a['passes'] else '**no**'} | {_fmt(a['cosine_min'])} | "
             f"{_fmt(a['snr_db'], 1)} | {_fmt(a['nonfinite_fraction'])} | "
-            f"{prog['fp32_compute_ops']} | {prog['casts']} | {_fmt(p['ne_op_share'], 2)} | "
-            f"{_fmt(p['ne_cost_share'], 2)} | {p['device_switches']} | "
-            f"{latency_text(v['metrics']['latency'])} | "
+            f"{prog['fp32_compute_ops']} | {prog['casts']} | {latency_ms(v['metrics']):.2f} | "
+            f"{_fmt(p['ne_op_share'], 2)} | {p['device_switches']} | "
             f"{'`' + bad['name'] + '` (' + bad['op_type'] + ')' if bad else '-'} |")
-    lines.append("")
+    lines += ["", *latency_table(variants), ""]
     if best:
-        lines.append(f"**Recommendation: `{best['name']}`**: it meets the model's tolerance "
-                     f"({best['run'].get('tolerance')}) with the largest Neural Engine share "
-                     f"({best['metrics']['placement']['ne_cost_share']:.2f} of estimated cost).")
+        lines.append(f"**Recommendation: `{best['name']}`** ({latency_ms(best['metrics']):.2f} ms "
+                     f"{kind}, {best['metrics']['program']['fp32_compute_ops']} FP32 ops). "
+                     f"Rule: {rule}.")
     else:
-        lines.append("**No variant meets the model's tolerance.**")
+        lines.append(f"**No variant meets the model's tolerance.** (Rule: {rule}.)")
     lines.append("")
     for v in variants:
         over = [o for o in v["ops"] if o["inf_count"]]
         if over:
             names = ", ".join(f"`{o['name']}` ({o['op_type']})" for o in over[:6])
             lines.append(f"- `{v['name']}`: {len(over)} op(s) produce values past the FP16 limit "
-                         f"({fp16_limit:g}) or NaN; first: {names}"
+                         f"({fp16_limit:g}) or NaN (emulated); first: {names}"
                          + (" ..." if len(over) > 6 else ""))
     lines += numerics_lines(variants)
-    lines += ["", "Plots: `tradeoff.png` (accuracy vs Neural Engine share), `ops.png` (per-op "
-              "max |activation| and error vs FP32 along the program).", ""]
+    lines += ["", f"Plots: `tradeoff.png` (accuracy vs {kind} latency on {lat['chip']}), "
+              "`ops.png` (per-op max |activation| and error vs FP32 along the program, "
+              "emulated).", ""]
     return "\n".join(lines)
 
 
@@ -148,20 +198,22 @@ def plots(variants: list[dict], folder: Path, fp16_limit: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    lat = variants[0]["metrics"]["latency"]
+    kind = "measured" if lat["status"] == "measured" else "estimated"
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, v in enumerate(variants):
-        a, p = v["metrics"]["accuracy"], v["metrics"]["placement"]
-        ax.scatter(p["ne_op_share"], a["snr_db"], s=80, color="tab:green" if a["passes"] else "tab:red")
-        ax.annotate(v["name"], (p["ne_op_share"], a["snr_db"]), textcoords="offset points",
+        a, ms = v["metrics"]["accuracy"], latency_ms(v["metrics"])
+        ax.scatter(ms, a["snr_db"], s=80, color="tab:green" if a["passes"] else "tab:red")
+        ax.annotate(v["name"], (ms, a["snr_db"]), textcoords="offset points",
                     xytext=(6, 5 if i % 2 == 0 else -14))  # staggered: close points stay legible
     tol = variants[0]["run"].get("tolerance", {}).get("min_snr_db")
     if tol is not None:
         ax.axhline(tol, color="grey", linestyle="--", linewidth=1, label=f"tolerance {tol} dB")
         ax.legend(loc="lower left")
-    ax.set_xlabel(f"Neural Engine op share ({variants[0]['metrics']['placement']['source'].split()[0]})")
+    ax.set_xlabel(f"latency under {lat['compute_units']}, ms ({kind}, {lat['chip']})")
     ax.set_ylabel(f"SNR vs FP32 PyTorch, dB ({variants[0]['metrics']['accuracy']['source'].split()[0]})")
-    ax.set_xlim(-0.05, 1.1)
-    ax.set_title("Accuracy against Neural Engine share (green passes)")
+    ax.set_xlim(left=0)
+    ax.set_title("Accuracy against latency (green passes)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(folder / "tradeoff.png", dpi=110)
@@ -196,11 +248,12 @@ def plots(variants: list[dict], folder: Path, fp16_limit: float) -> None:
 def write_csvs(variants: list[dict], folder: Path) -> None:
     with open(folder / "tradeoff.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["variant", "ne_op_share", "ne_cost_share", "snr_db", "cosine_min", "passes"])
+        w.writerow(["variant", "latency_ms", "latency_source", "ne_op_share", "snr_db",
+                    "cosine_min", "passes"])
         for v in variants:
             a, p = v["metrics"]["accuracy"], v["metrics"]["placement"]
-            w.writerow([v["name"], p["ne_op_share"], p["ne_cost_share"], a["snr_db"],
-                        a["cosine_min"], a["passes"]])
+            w.writerow([v["name"], latency_ms(v["metrics"]), v["metrics"]["latency"]["source"],
+                        p["ne_op_share"], a["snr_db"], a["cosine_min"], a["passes"]])
     with open(folder / "ops.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["variant", "index", "name", "op_type", "dtype", "max_abs", "rel_error_vs_fp32",
@@ -224,11 +277,17 @@ def run(cfg: DictConfig) -> None:
         plots(variants, tmp, limit)
         if cfg.tracking.enabled:
             files = [tmp / n for n in ("report.md", "tradeoff.png", "ops.png", "tradeoff.csv")]
+            numbers = {"variants_passing": sum(v["metrics"]["accuracy"]["passes"] for v in variants)}
+            for v in variants:  # latency_est_ms.<variant>.<units> (or latency_measured_ms...)
+                numbers.update(tracking.metric_names(tracking.split_numeric(tracking.flatten(
+                    {"latency": {k: {f"{v['name']}.{cu}": x for cu, x in v["metrics"]["latency"][k].items()}
+                                 for k in ("estimated_ms", "measured_ms")
+                                 if k in v["metrics"]["latency"]}}))[0]))
             tracking.log_run(cfg.tracking.uri, cfg.tracking.experiment or model, f"{model}-report",
-                             {"variants": ",".join(v["name"] for v in variants)},
-                             {"variants_passing": sum(v["metrics"]["accuracy"]["passes"] for v in variants)},
+                             {"variants": ",".join(v["name"] for v in variants)}, numbers,
                              {"kind": "report", "model": model, "recommended": best["name"] if best else "none",
-                              "git_commit": tracking.git_commit()}, files)
+                              "git_commit": tracking.git_commit(),
+                              **tracking.device_tags(variants[0]["metrics"])}, files)
     log.info("report for %s: %s -> %s", model,
              f"recommended {best['name']}" if best else "no variant passes", out_dir / "report.md")
 

@@ -8,8 +8,10 @@
 3. Adaptive group testing over op segments in program order (bisect a failing segment:
    about 2·k·log2(N) evaluations for k needed ops among N), on the candidates first and on
    every float op if they are not enough.
-4. Small gaps between FP32 ops are filled when that still meets the target and removes an
-   FP32 island (each island costs a device switch).
+4. Neighbouring FP32 islands are joined (the ops between them kept FP32 too) when the device
+   model (pipeline/device) estimates the joined set faster than the split one on device.chip
+   under device.compute_units, and the target still holds: among sets that pass, the one
+   whose FP32 islands cost least. Estimates run on the virtual program's op records.
 5. The result is verified by a real coremltools conversion and its emulated evaluation.
 
     python -m pipeline.search [model=...] [precision.target.min_snr_db=40]
@@ -24,11 +26,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from pipeline import artifacts, metrics, precision
+from pipeline.programs import virtual_records
 from pipeline.emulator import Emulator
 from pipeline.emulator.numerics import numerics_from
 from pipeline.emulator.diagnostics import capture
@@ -80,6 +83,7 @@ class SearchResult:
     float_ops: int = 0
     seconds: float = 0.0
     candidates: list[str] = field(default_factory=list)
+    latency_ms: float | None = None   # the device model's estimate of the chosen set
 
     @property
     def evaluations(self) -> int:
@@ -91,10 +95,33 @@ class SearchResult:
         return 2 * k * math.log2(max(2, self.float_ops))
 
 
+class LatencyObjective:
+    """Estimated latency of the FP32 program with a set of ops kept FP32, the rest FP16, by
+    the device model on one chip and compute-units setting."""
+
+    def __init__(self, fp32: Emulator, records: list, chip: str, compute_units: str):
+        self.fp32, self.records = fp32, records
+        self.chip, self.compute_units = chip, compute_units
+        self.cache: dict[frozenset, float] = {}
+
+    def __call__(self, keep: frozenset) -> float:
+        from pipeline.device import estimate
+
+        if keep not in self.cache:
+            plan = self.fp32.with_fp16_except(set(keep)).plan
+            dtypes = {s.name: s.dtypes[0] for s in plan.steps if s.dtypes}
+            est = estimate(virtual_records(self.records, dtypes), chip=self.chip,
+                           compute_units=self.compute_units)
+            self.cache[keep] = float(est.latency_ms)
+        return self.cache[keep]
+
+
 class Search:
     def __init__(self, fp32: Emulator, samples: list[dict], reference: dict[str, np.ndarray],
-                 target: Target, max_evaluations: int = 200, selectable: set[str] | None = None):
+                 target: Target, max_evaluations: int = 200, selectable: set[str] | None = None,
+                 cost: Callable[[frozenset], float] | None = None):
         self.fp32 = fp32
+        self.cost = cost
         self.samples = samples
         self.reference = reference
         self.target = target
@@ -179,13 +206,19 @@ class Search:
         idx = sorted(self.position[n] for n in keep)
         return sum(1 for i, p in enumerate(idx) if i == 0 or p != idx[i - 1] + 1)
 
-    def join_islands(self, keep: frozenset, max_gap: int = 2) -> frozenset:
+    def join_islands(self, keep: frozenset) -> frozenset:
+        """Join neighbouring FP32 islands where the estimate says joined beats split (fewer
+        device switches against more FP32 work) and the target still holds."""
+        if self.cost is None:
+            return keep
         idx = sorted(self.position[n] for n in keep)
         for left, right in zip(idx, idx[1:]):
-            gap = right - left - 1
-            if 0 < gap <= max_gap:
+            if right - left > 1:
                 trial = keep | frozenset(self.order[left + 1: right])
-                if self.passes(trial):
+                faster = self.cost(trial) < self.cost(keep)
+                log.info("islands around %s: joined %.3f ms vs split %.3f ms (estimated)",
+                         self.order[left], self.cost(trial), self.cost(keep))
+                if faster and self.passes(trial):
                     keep = trial
         return keep
 
@@ -215,7 +248,8 @@ class Search:
                 keep = self.join_islands(keep)
         ordered = sorted(keep, key=self.position.__getitem__)
         return SearchResult(ordered, self.trials, len(self.order),
-                            time.perf_counter() - started, cands)
+                            time.perf_counter() - started, cands,
+                            None if self.cost is None else round(self.cost(keep), 4))
 
 
 def spec_for(name: str, keep: list[str]) -> precision.PrecisionSpec:
@@ -261,8 +295,12 @@ def find(cfg, traced, manifest: dict, trace_dir: Path, name: str):
         fp32 = Emulator(Path(tmp) / "fp32.mlpackage", device=cfg.evaluate.device,
                         numerics=numerics_from(cfg))
         selectable = {precision.sanitize(n) for _, n in recorder.state.seen}
+        from pipeline import programs
+
+        cost = LatencyObjective(fp32, programs.read_ops(Path(tmp) / "fp32.mlpackage"),
+                                str(cfg.device.chip), str(cfg.device.compute_units))
         search = Search(fp32, samples, reference, target, int(cfg.search.max_evaluations),
-                        selectable)
+                        selectable, cost)
         result = search.run(bool(cfg.search.prefer_regions))
     log.info("precision=auto: %d FP32 ops after %d evaluations (2·k·log2 N = %.0f) in %.1f s",
              len(result.keep_fp32), result.evaluations, result.bound(), result.seconds)
@@ -295,8 +333,13 @@ def log_search(cfg, model: str, result: SearchResult, target: Target, verified: 
                      {"search.evaluations": result.evaluations, "search.seconds": result.seconds,
                       "search.fp32_ops_chosen": len(result.keep_fp32),
                       "search.float_ops": result.float_ops, "search.bound_2klog2n": result.bound(),
-                      "search.verified_snr_db": verified["snr_db"]},
-                     {"kind": "search", "model": model, "accuracy.source": "emulated"}, [],
+                      "search.verified_snr_db": verified["snr_db"],
+                      **({"search.latency_est_ms": result.latency_ms}
+                         if result.latency_ms is not None else {})},
+                     {"kind": "search", "model": model, "accuracy.source": "emulated",
+                      "device.chip": str(cfg.device.chip),
+                      "latency.source": f"estimated (device model, chip {cfg.device.chip}, "
+                                        f"{cfg.device.compute_units})"}, [],
                      series=series)
 
 
@@ -305,6 +348,7 @@ def search_record(result: SearchResult, target: Target, verified: dict) -> dict:
             "float_ops": result.float_ops, "evaluations": result.evaluations,
             "bound_2klog2n": round(result.bound(), 1), "seconds": round(result.seconds, 2),
             "candidates": result.candidates, "verified": verified,
+            "latency_est_ms": result.latency_ms,
             "trials": [t.__dict__ for t in result.trials]}
 
 

@@ -44,6 +44,38 @@ def split_numeric(flat: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, 
     return numbers, texts
 
 
+# metrics.json key prefix -> MLflow metric name prefix: a latency's name says where it came
+# from (latency_est_ms.ALL is the device model's estimate, never a measurement)
+METRIC_PREFIXES = {"latency.estimated_ms.": "latency_est_ms.",
+                   "latency.measured_ms.": "latency_measured_ms.",
+                   "latency.p90_ms.": "latency_measured_p90_ms.",
+                   "latency.estimate_error.": "latency_est_error.",
+                   "latency.calibration.": "latency_est_calibration."}
+
+
+def metric_names(numbers: Mapping[str, float]) -> dict[str, float]:
+    out = {}
+    for key, value in numbers.items():
+        for prefix, name in METRIC_PREFIXES.items():
+            if key.startswith(prefix):
+                key = name + key[len(prefix):]
+                break
+        out[key] = value
+    return out
+
+
+def device_tags(result: Mapping[str, Any]) -> dict[str, str]:
+    """Tags naming the chip the figures are for and the device model's calibration error."""
+    lat = result.get("latency") or {}
+    tags = {"device.chip": str(lat.get("chip", "")),
+            "device.compute_units": str(lat.get("compute_units", "")),
+            "latency.estimated": "true" if lat.get("status") == "estimated" else "false"}
+    for key, value in (lat.get("calibration") or {}).items():
+        if not isinstance(value, Mapping):
+            tags[f"device.calibration.{key}"] = str(value)
+    return tags
+
+
 def git_commit(cwd: Path = Path(".")) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,

@@ -128,9 +128,9 @@ def test_numerics_config_names_and_mistakes():
 
     assert numerics_from(load_config()).mode == "device"  # the default
     assert numerics_from(load_config(["evaluate.emulator_mode=fp32_compute"])).mode == "ieee"
-    forced = numerics_from(load_config(["evaluate.numerics_profile=ne", "evaluate.chip=M5"]))
-    assert forced.describe() == "device (M5, profile ne forced)"
-    assert forced.get("ne").value("subnormal_flush_accumulator") is False  # M5 keeps them
+    forced = numerics_from(load_config(["evaluate.numerics_profile=ne", "device.chip=M1"]))
+    assert forced.describe() == "device (M1, profile ne forced)"
+    assert forced.get("ne").value("subnormal_flush_accumulator") is True  # M1 flushes them
     with pytest.raises(UserError, match="unknown evaluate.numerics 'fast'"):
         validate(load_config(["evaluate.numerics=fast"]))
     with pytest.raises(UserError, match="unknown numerics profile 'tpu'"):

@@ -44,7 +44,13 @@ def test_auto_finds_a_small_verified_set(tiny_copy, monkeypatch):
     m = artifacts.read_json(art / "evaluate" / "auto" / "metrics.json")
     m32 = artifacts.read_json(art / "evaluate" / "fp32" / "metrics.json")
     assert m["accuracy"]["passes"] == 1
-    assert m["placement"]["ne_op_share"] >= 0.95 > m32["placement"]["ne_op_share"]
+    mixed = artifacts.read_json(art / "evaluate" / "mixed" / "metrics.json")
+    # the objective: estimated latency. Fewer FP32 ops than the article's region, never slower
+    # by the device model; the search's own estimate (virtual program) matches the package's
+    est = m["latency"]["estimated_ms"]["ALL"]
+    assert est <= mixed["latency"]["estimated_ms"]["ALL"] * 1.001
+    assert search["latency_est_ms"] == pytest.approx(est, rel=0.05)
+    assert m["placement"]["ne_op_share"] >= m32["placement"]["ne_op_share"] == 0.0
     text = (art / "convert" / "auto" / "precision.yaml").read_text()
     assert "compute: mixed" in text and "Verified by a real conversion" in text
 
@@ -97,3 +103,22 @@ def test_virtual_mixed_is_bit_exact_with_a_real_mixed_conversion(tiny_copy):
         got = view.run(feeds)["image_embeddings"]
         want = Emulator(art / "convert" / real / "model.mlpackage").run(feeds)["image_embeddings"]
         np.testing.assert_array_equal(got, want)
+
+
+def test_latency_objective_estimates_the_virtual_program_like_the_real_one(tiny_copy):
+    """precision=auto compares FP32 sets by the device model's estimate on the virtual
+    program's op records; that estimate matches the one on the real converted package."""
+    from pipeline.device import estimate
+    from pipeline.search import LatencyObjective
+
+    art = tiny_copy / "artifacts"
+    fp32_package = art / "convert" / "fp32" / "model.mlpackage"
+    objective = LatencyObjective(Emulator(fp32_package), programs.read_ops(fp32_package),
+                                 "M2", "ALL")
+    keep = frozenset(s["saved_name"] for s in
+                     artifacts.read_json(art / "convert" / "mixed" / "report.json")["selected_fp32_ops"])
+    for kept, real in [(frozenset(), "fp16"), (keep, "mixed")]:
+        want = estimate(programs.read_ops(art / "convert" / real / "model.mlpackage"),
+                        chip="M2", compute_units="ALL").latency_ms
+        assert objective(kept) == pytest.approx(want, rel=0.05), real
+    assert objective(keep) >= objective(frozenset())  # FP32 islands never make it faster

@@ -337,7 +337,8 @@ class Emulator:
         self.package = Path(package) if package is not None else None
         self.program = program if program is not None else load_program(self.package)
         self.plan = build_plan(self.program, self.device, mode)
-        self._apply(self.plan, package=True)
+        self._records = None  # the program's op records (pipeline/programs), when placed
+        self._apply(self.plan)
         self.fallbacks: set[str] = set()
         self._half_consts: dict[str, Any] = {}  # FP16 weight copies for with_fp16_except
         self.state: dict[str, State] | None = None  # created by the first stateful run
@@ -349,16 +350,24 @@ class Emulator:
         if threads:
             torch.set_num_threads(int(threads))
 
-    def _apply(self, plan: Plan, package: bool = False) -> None:
-        """Per-op numerics; the units come from the package's op records when there is one."""
+    def _apply(self, plan: Plan, virtual: bool = False) -> None:
+        """Per-op numerics. Each op's unit: ``numerics.units`` when given (the evaluate stage
+        passes its backend's placement table), else the device model's placement of this
+        program, or of the virtual mixed program (its FP32 ops leave the Neural Engine)."""
         from pipeline.emulator.numerics import apply
 
-        units = None
-        if self.numerics.per_op and not self.numerics.profile and package \
-                and self.numerics.units is None:
-            from pipeline.programs import op_records
-            units = apply.units_for(op_records(self.program), self.numerics.compute_units)
-        apply.apply(plan, self.numerics, units)
+        num, units = self.numerics, None
+        if num.per_op and not num.profile and (virtual or num.units is None):
+            from pipeline.programs import op_records, virtual_records
+
+            if self._records is None:
+                self._records = op_records(self.program)
+            records = self._records
+            if virtual:
+                records = virtual_records(records, {s.name: s.dtypes[0] for s in plan.steps
+                                                    if s.dtypes})
+            units = apply.units_for(records, num.compute_units, num.chip)
+        apply.apply(plan, num, units)
 
     # -- values ------------------------------------------------------------------------
     def _store(self, value: Any, dtype: str) -> Any:
@@ -388,7 +397,7 @@ class Emulator:
 
         view = copy.copy(self)
         view.plan = virtual_mixed(self.plan, keep_fp32, self.mode, self._half_consts)
-        self._apply(view.plan)  # the virtual program's placement: its FP32 ops leave the NE
+        self._apply(view.plan, virtual=True)
         view.fallbacks = set()
         return view
 

@@ -23,7 +23,7 @@ PROFILE_DIR = Path(__file__).parent / "profiles"
 UNIT_PROFILES = {"NE": "ne", "GPU": "gpu", "CPU": "cpu"}
 NUMERICS = ("device", "ieee", "native_fp16")
 LEGACY = {"fp32_compute": "ieee"}  # the former evaluate.emulator_mode values
-DEFAULT_CHIP = "M4"
+DEFAULT_CHIP = "M2"  # the source article's, as device.chip
 
 
 @dataclass
@@ -95,7 +95,8 @@ class Numerics:
 
 
 def numerics_from(cfg) -> Numerics:
-    """Numerics from the `evaluate` config section (old emulator_mode values map cleanly)."""
+    """Numerics from the `evaluate` config section (old emulator_mode values map cleanly);
+    the chip and compute units are the device model's (`device` section)."""
     ev = cfg.evaluate
     legacy = ev.get("emulator_mode")
     mode = ev.get("numerics") or "device"
@@ -106,8 +107,9 @@ def numerics_from(cfg) -> Numerics:
         raise UserError(f"unknown evaluate.numerics '{mode}'",
                         f"choose one of: {', '.join(NUMERICS)} (or fp32_compute, = ieee)")
     profile = ev.get("numerics_profile")
-    num = Numerics(mode, profile, str(ev.get("chip") or DEFAULT_CHIP),
-                   str(ev.get("placement_compute_units") or "ALL"))
+    dev = cfg.get("device") or {}
+    num = Numerics(mode, profile, str(dev.get("chip") or DEFAULT_CHIP),
+                   str(dev.get("compute_units") or "ALL"))
     if profile:
         num.get(profile)  # fail early on a bad name or path
     return num

@@ -1,15 +1,14 @@
 """Attach numerics to a plan: each FP16 step gets the op implementation and output store of
 the profile of the unit it runs on, chosen once at plan build time (the hot loop is unchanged).
 
-Where an op runs comes from ONE function, ``units_for``: today the rules of
-pipeline/placement.py (an estimate); the per-chip device model replaces that call when it
-lands; on macOS the compute plan (backends.compute_plan) can feed the same mapping.
+Where an op runs comes from ONE function, ``units_for``: the per-chip device model's
+placement (pipeline/device, an estimate); the evaluate stage instead passes the backend's
+placement table (``Numerics.units``), which on macOS is Core ML's measured compute plan.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from pipeline import placement
 from pipeline.emulator.numerics import UNIT_PROFILES, Numerics, Profile
 from pipeline.emulator.numerics import gpu, ne
 from pipeline.programs import OpRecord
@@ -17,25 +16,18 @@ from pipeline.programs import OpRecord
 IEEE = "ieee"
 
 
-def units_for(records: list[OpRecord], compute_units: str = "ALL") -> dict[str, str]:
-    """op name -> unit ("NE", "GPU", "CPU") for a program's op records.
-    HOOK: swap in pipeline.device.estimate(records, chip, compute_units) (same .name/.device
-    rows) or, on macOS, the measured compute plan (backends.compute_plan)."""
-    return {row.name: row.device for row in placement.estimate(records, compute_units)}
+def units_for(records: list[OpRecord], compute_units: str = "ALL",
+              chip: str = "M2") -> dict[str, str]:
+    """op name -> unit ("NE", "GPU", "CPU") for a program's op records, as the device model
+    places them on ``chip`` under ``compute_units``."""
+    from pipeline.device import estimate
+
+    return {op.name: op.device for op in estimate(records, chip, compute_units).ops}
 
 
 def units_from_compute_plan(rows: list[dict]) -> dict[str, str]:
     """The measured placement (backends.compute_plan rows, keyed by output name) as units."""
     return {r["op"]: r["device"] for r in rows if r.get("device") in UNIT_PROFILES}
-
-
-def records_of(plan) -> list[OpRecord]:
-    """Op records of a plan (for virtual mixed plans, which have no package of their own)."""
-    recs = []
-    for s in plan.steps:
-        recs.append(OpRecord(s.index, s.op_type, s.name, s.dtypes[0] if s.dtypes else "",
-                             s.outputs[0] if s.outputs else "", 1, 0, 4, 1))
-    return recs
 
 
 def _kernels(profile: Profile) -> tuple[dict[str, Callable], Callable | None]:
@@ -52,10 +44,10 @@ def apply(plan, numerics: Numerics, units: dict[str, str] | None = None) -> None
         for s in plan.steps:
             s.numerics = numerics.mode
         return
-    if numerics.units is not None and not numerics.profile:
+    if units is None and not numerics.profile:
         units = numerics.units
-    if numerics.profile is None and units is None:
-        units = units_for(records_of(plan), numerics.compute_units)
+    if units is None and not numerics.profile:
+        raise ValueError("device numerics need the placement: pass units (see units_for)")
     cache: dict[str, tuple[dict, Callable | None]] = {}
     producer_unit: dict[str, str] = {}
     for s in plan.steps:

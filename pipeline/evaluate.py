@@ -131,7 +131,9 @@ def run(cfg: DictConfig) -> None:
         if backend == "coreml" and compiled is not None:
             outputs = stack(coreml_predict(compiled, inputs))
             accuracy_source = "measured (Core ML predict)"
-        accuracy = metrics.accuracy(reference, outputs, manifest.get("tolerance") or {}, task)
+        internal = sum(1 for r in rows if r.inf_count or r.nan_count)
+        accuracy = metrics.accuracy(reference, outputs, manifest.get("tolerance") or {}, task,
+                                    internal)
         diag.write_table(rows, tmp / "ops.csv")
         first = diag.first_nonfinite(rows)
         worst = max((r for r in rows if r.rel_error_vs_fp32 is not None),

@@ -64,6 +64,12 @@ def _fmt(x, digits=4):
     return str(x)
 
 
+def internal_text(ops: int | None) -> str:
+    """The outputs' non-finite share, plus the ops inside with an inf/NaN output (they fail
+    the tolerance unless it sets allow_internal_nonfinite)."""
+    return f" (inf/NaN inside: {ops} ops)" if ops else ""
+
+
 def latency_text(lat: dict) -> str:
     if lat.get("status") != "measured":
         return "not measured"
@@ -86,7 +92,8 @@ def markdown(model: str, variants: list[dict], best: dict | None, fp16_limit: fl
         bad = v["run"].get("first_nonfinite_op")
         lines.append(
             f"| {v['name']} | {'yes' if a['passes'] else '**no**'} | {_fmt(a['cosine_min'])} | "
-            f"{_fmt(a['snr_db'], 1)} | {_fmt(a['nonfinite_fraction'])} | "
+            f"{_fmt(a['snr_db'], 1)} | {_fmt(a['nonfinite_fraction'])}"
+            f"{internal_text(a.get('internal_nonfinite_ops'))} | "
             f"{prog['fp32_compute_ops']} | {prog['casts']} | {_fmt(p['ne_op_share'], 2)} | "
             f"{_fmt(p['ne_cost_share'], 2)} | {p['device_switches']} | "
             f"{latency_text(v['metrics']['latency'])} | "

@@ -224,9 +224,12 @@ def virtual_mixed(plan: Plan, keep_fp32: set[str], mode: str,
     consts = dict(plan.consts)
     const_dtypes = dict(plan.const_dtypes)
     effective: dict[str, str] = {n: d for n, (d, _) in plan.inputs.items()}
+    # the pass sees each op's inputs as the FP32 program has them (a transformed producer's
+    # output is cast back to FP32 for it): decide and cast by the original dtypes
+    original = dict(effective) | {n: d for s in plan.steps for n, d in zip(s.outputs, s.dtypes)}
 
     def dtype_of(n: str) -> str | None:
-        return const_dtypes.get(n) if n in consts else effective.get(n)
+        return plan.const_dtypes.get(n) if n in plan.consts else original.get(n)
 
     steps = []
     for step in plan.steps:
@@ -253,7 +256,7 @@ def virtual_mixed(plan: Plan, keep_fp32: set[str], mode: str,
                 else:
                     if cast:
                         rounds.add(n)
-                    if dtype_of(n) in FLOAT:
+                    if (const_dtypes.get(n) if n in consts else effective.get(n)) in FLOAT:
                         float_inputs.append(n)
                     renamed.append(n)
             args.append((param, kind, renamed if kind == 2 else renamed[0]))

@@ -86,3 +86,38 @@ def test_virtual_program_is_bit_exact_with_the_conversion(traced_models, model, 
                 same = np.array_equal(got[out], want[out], equal_nan=True)
                 diff = float(np.nanmax(np.abs(got[out] - want[out]))) if not same else 0.0
                 assert same, f"{model} {target} {label} {out}: max |diff| {diff}"
+
+
+@pytest.mark.parametrize("target", ["iOS16", "iOS17"])
+def test_rules_transform_the_ops_coremltools_pass_transforms(target):
+    """On a small program, the ops the rules say the pass rewrites are those coremltools'
+    FP16ComputePrecision rewrites (it renames them *_cast_fp16): an FP32 const beyond 65504
+    keeps `mul` FP32, `greater` (bool output) is chosen by its FP32 inputs, and from iOS17
+    elu's alpha is not cast."""
+    import coremltools as ct
+    from coremltools.converters.mil.mil import Builder as mb
+    from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
+
+    def build():
+        @mb.program(input_specs=[mb.TensorSpec(shape=(2, 3))],
+                    opset_version=getattr(ct.target, target))
+        def prog(x):
+            big = mb.mul(x=x, y=np.float32(1e5), name="big")
+            small = mb.add(x=x, y=np.float32(1.0), name="small")
+            act = mb.elu(x=small, alpha=np.float32(0.5), name="act")
+            mask = mb.greater(x=act, y=np.float32(0.1), name="mask")
+            return big, mb.select(cond=mask, a=act, b=big, name="out")
+        return prog
+
+    rules = fp16_pass.rules(build())
+    assert rules["big"].valid is False and rules["small"].valid is True
+    assert ("alpha" in rules["act"].castable) is (target == "iOS16")
+    prog = build()
+    FP16ComputePrecision(op_selector=lambda op: True).apply(prog)
+    rewritten = {op.name[: -len("_cast_fp16")] for op in prog.functions["main"].operations
+                 if op.name.endswith("_cast_fp16")}
+    assert rewritten == {"small", "act", "mask", "out"}
+    assert {n for n, r in rules.items() if r.valid} == rewritten
+    elu = next(op for op in prog.functions["main"].operations if op.op_type == "elu")
+    from pipeline.emulator.runtime import dtype_str
+    assert dtype_str(elu.alpha) == ("fp32" if target == "iOS17" else "fp16")

@@ -18,7 +18,7 @@ from tests.conftest import make_cfg
 
 # small inputs: the rules do not depend on the size (edgesam at 64x64 instead of 1024x1024)
 MODELS = {
-    "tiny": [],
+    "tiny": ["model.data.count=1"],
     "edgesam": ["model.inputs=[{name: image, shape: [1, 3, 64, 64], dtype: float32}]",
                 "model.data.count=1"],
     "minilm": [],

@@ -110,16 +110,16 @@ def check_device(cfg: DictConfig) -> None:
 
 
 def accuracy_section(backend: Backend, settings: Settings, reference, inputs, tolerance,
-                     task, emulated: dict[str, np.ndarray]) -> dict:
+                     task, emulated: dict[str, np.ndarray], internal: int = 0) -> dict:
     """Accuracy under the headline compute units; on a backend whose units compute
     differently (Core ML), also under every listed setting. Elsewhere the emulated outputs
     (already computed for the diagnostics) are the backend's predictions."""
     if backend.per_unit_predictions:
-        by_units = {cu: metrics.accuracy(reference, backend.predict(inputs, cu), tolerance, task)
-                    for cu in settings.latency_units}
+        by_units = {cu: metrics.accuracy(reference, backend.predict(inputs, cu), tolerance, task,
+                                         internal) for cu in settings.latency_units}
     else:
         by_units = {settings.compute_units: metrics.accuracy(reference, emulated, tolerance,
-                                                             task)}
+                                                             task, internal)}
     section = {"source": backend.accuracy_source, "compute_units": settings.compute_units,
                **by_units[settings.compute_units]}
     if len(by_units) > 1:
@@ -209,12 +209,13 @@ def run(cfg: DictConfig) -> None:
             numerics.compute_units = f"{settings.compute_units}; {head.source.split(' (')[0]}"
         outputs, rows, emu_seconds, fallbacks, ieee_outputs = emulate(cfg, package, inputs,
                                                                       variant, numerics)
+        internal = sum(1 for r in rows if r.inf_count or r.nan_count)  # ops with inf/NaN inside
         diag.write_table(rows, tmp / "ops.csv")
         first = diag.first_nonfinite(rows)
         worst = max((r for r in rows if r.rel_error_vs_fp32 is not None),
                     key=lambda r: r.rel_error_vs_fp32 or 0.0, default=None)
         accuracy = accuracy_section(backend, settings, reference, inputs, tolerance, task,
-                                    outputs)
+                                    outputs, internal)
         numerics_result = numerics_section(numerics, rows, accuracy, ieee_outputs, reference,
                                            tolerance, task)
         if backend.per_unit_predictions:

@@ -7,8 +7,13 @@ Per output, over all evaluation samples:
   max_abs_error             max |out - ref|
   max_rel_error             max |out - ref| / max |ref|
   nonfinite_fraction        share of inf/NaN values in the output
+Every figure pools all samples (snr_db: one ratio of sums over every sample), for the
+evaluate stage and the precision search alike (``program_accuracy``).
 Decibels are capped at 200 dB (an exact match). A variant passes when it has no non-finite
-value, cosine_min >= tolerance.min_cosine and snr_db >= tolerance.min_snr_db.
+output value, cosine_min >= tolerance.min_cosine, snr_db >= tolerance.min_snr_db, and, unless
+tolerance.allow_internal_nonfinite is true (default false), no op inside the program produced
+an inf or NaN (internal_nonfinite_ops, from the emulator's per-op diagnostics: an FP16 op that
+overflows inside can still give finite outputs, e.g. a variance that becomes inf then 0).
 """
 from __future__ import annotations
 
@@ -74,8 +79,10 @@ TASK_METRICS = {"nearest_neighbour": nearest_neighbour_agreement, "top1": top1_a
 
 
 def accuracy(reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
-             tolerance: Mapping[str, float], task_metric: str | None = None) -> dict:
-    """Metrics per output, the worst across outputs at the top level, and pass/fail."""
+             tolerance: Mapping[str, float], task_metric: str | None = None,
+             internal_nonfinite_ops: int | None = None) -> dict:
+    """Metrics per output, the worst across outputs at the top level, and pass/fail.
+    ``internal_nonfinite_ops``: ops with an inf/NaN output (None: not known)."""
     per_output = {name: output_metrics(reference[name], outputs[name]) for name in reference}
     worst = {
         "cosine_min": min(m["cosine_min"] for m in per_output.values()),
@@ -91,9 +98,20 @@ def accuracy(reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarr
         worst[task_metric] = min(fn(reference[n], outputs[n]) for n in reference)
     min_cos = float(tolerance.get("min_cosine", 0.99))
     min_snr = float(tolerance.get("min_snr_db", 20.0))
+    allow_internal = bool(tolerance.get("allow_internal_nonfinite") or False)
+    worst["internal_nonfinite_ops"] = internal_nonfinite_ops
     worst["passes"] = int(worst["nonfinite_fraction"] == 0 and worst["cosine_min"] >= min_cos
-                          and worst["snr_db"] >= min_snr)
+                          and worst["snr_db"] >= min_snr
+                          and (allow_internal or not internal_nonfinite_ops))
     result = dict(worst)
     if len(per_output) > 1:
         result["outputs"] = per_output
     return result
+
+
+def program_accuracy(reference: Mapping[str, np.ndarray], per_sample: list[Mapping[str, np.ndarray]],
+                     tolerance: Mapping[str, float], task_metric: str | None = None,
+                     internal_nonfinite_ops: int | None = None) -> dict:
+    """``accuracy`` of one program's outputs given sample by sample (as the emulator runs)."""
+    stacked = {k: np.stack([o[k] for o in per_sample]) for k in per_sample[0]}
+    return accuracy(reference, stacked, tolerance, task_metric, internal_nonfinite_ops)

@@ -116,6 +116,12 @@ def latency_table(variants: list[dict]) -> list[str]:
     return lines
 
 
+def internal_text(ops: int | None) -> str:
+    """The ops inside with an inf/NaN output (they fail the tolerance unless it sets
+    allow_internal_nonfinite)."""
+    return f" (inf/NaN inside: {ops} ops)" if ops else ""
+
+
 def markdown(model: str, variants: list[dict], best: dict | None, fp16_limit: float) -> str:
     first = variants[0]["metrics"]
     lat = first["latency"]
@@ -136,7 +142,8 @@ def markdown(model: str, variants: list[dict], best: dict | None, fp16_limit: fl
         bad = v["run"].get("first_nonfinite_op")
         lines.append(
             f"| {v['name']} | {'yes' if a['passes'] else '**no**'} | {_fmt(a['cosine_min'])} | "
-            f"{_fmt(a['snr_db'], 1)} | {_fmt(a['nonfinite_fraction'])} | "
+            f"{_fmt(a['snr_db'], 1)} | {_fmt(a['nonfinite_fraction'])}"
+            f"{internal_text(a.get('internal_nonfinite_ops'))} | "
             f"{prog['fp32_compute_ops']} | {prog['casts']} | {latency_ms(v['metrics']):.2f} | "
             f"{_fmt(p['ne_op_share'], 2)} | {p['device_switches']} | "
             f"{'`' + bad['name'] + '` (' + bad['op_type'] + ')' if bad else '-'} |")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import artifacts
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -146,6 +147,9 @@ def test_concurrent_evaluations_all_land(repo):
     after = [r for r in mlflow_runs(path) if r.info.run_id not in before]
     assert sorted(r.data.tags["variant"] for r in after) == ["fp16", "fp32", "mixed"]
     for r in after:
-        assert r.data.metrics["accuracy.cosine_min"] is not None
+        written = artifacts.read_json(path / "artifacts" / "evaluate" / r.data.tags["variant"]
+                                      / "metrics.json")["accuracy"]
+        assert r.data.metrics["accuracy.cosine_min"] == written["cosine_min"]
+        assert r.data.metrics["accuracy.snr_db"] == written["snr_db"]
         assert r.info.status == "FINISHED"
     assert before <= {r.info.run_id for r in mlflow_runs(path)}

@@ -81,10 +81,24 @@ def test_evaluate_fp16_fails_at_pow_and_mixed_passes(tiny_run):
     assert run16["first_nonfinite_op"]["op_type"] == "pow"
     assert m16["accuracy"]["source"] == "emulated"
     assert m16["latency"]["status"] == "estimated" and "chip M2" in m16["latency"]["source"]
-    # placement (the device model's; tests/test_backends.py checks it per setting): an FP32
-    # op never runs on the Neural Engine, so FP32 islands can only lower the NE share
+    # placement (the device model's; tests/test_backends.py checks it per setting): the ops
+    # placed on the Neural Engine never include, by name, an FP32-typed op of the saved package
+    # as coremltools' own loader reads it; so FP32 islands can only lower the NE share
+    import csv
+
+    from pipeline.emulator.runtime import dtype_str, load_program
+
+    for variant in ("fp16", "mixed", "fp32"):
+        prog = load_program(tiny_run / "artifacts" / "convert" / variant / "model.mlpackage")
+        ops = [op for op in prog.functions["main"].operations if op.op_type != "const"]
+        fp32 = {op.name for op in ops if dtype_str(op.outputs[0]) == "fp32"}
+        with open(ev / variant / "placement.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert rows and not {r["op"] for r in rows if r["device"] == "NE"} & fp32, variant
     assert m32["placement"]["ne_op_share"] == 0.0
     assert m16["placement"]["ne_op_share"] >= mmx["placement"]["ne_op_share"]
+    assert 0 < len(artifacts.read_json(ev / ".." / "convert" / "mixed" / "report.json")
+                   ["fp32_compute_ops"]) < 0.1 * m16["program"]["compute_ops"]
     assert m16["placement"]["source"].startswith("estimated")
 
 
@@ -173,7 +187,10 @@ def test_selector_regions_types_and_names():
     keep16 = [sel(Op(t, n)) for t, n in program]
     assert keep16 == [True, False, False, False, False, True, False, False, False, False, True]
     sel.check()
-    assert json.dumps(spec.describe())
+    # the spec's record (written to report.json and MLflow) survives a JSON round trip intact
+    assert json.loads(json.dumps(spec.describe())) == {
+        "name": "m", "compute": "mixed", "fp32_ops": ["softmax"],
+        "fp32_regions": [{"start": "pow", "end": "sqrt"}], "fp32_names": ["re:conv_7.*"]}
 
 
 def test_multirun_sweeps_run_each_job_and_exit_with_the_worst(tiny_run, capsys, monkeypatch):

@@ -122,3 +122,67 @@ def test_latency_objective_estimates_the_virtual_program_like_the_real_one(tiny_
                         chip="M2", compute_units="ALL").latency_ms
         assert objective(kept) == pytest.approx(want, rel=0.05), real
     assert objective(keep) >= objective(frozenset())  # FP32 islands never make it faster
+
+
+def test_search_snr_is_the_evaluate_stage_snr(tiny_copy):
+    """One SNR definition: the figure the search logs for a candidate is the figure the
+    evaluate stage writes for the converted program with the same FP32 set, and both are the
+    pooled ratio recomputed here from the reference and the emulated package's outputs."""
+    from pipeline.search import Search, Target
+
+    art = tiny_copy / "artifacts"
+    inputs = artifacts.read_npz(art / "trace" / "inputs.npz")
+    reference = artifacts.read_npz(art / "trace" / "reference.npz")
+    samples = [{k: v[i] for k, v in inputs.items()} for i in range(len(next(iter(inputs.values()))))]
+    assert len(samples) >= 2  # pooling and the worst sample differ only with several samples
+    keep = frozenset(s["saved_name"] for s in artifacts.read_json(
+        art / "convert" / "mixed" / "report.json")["selected_fp32_ops"])
+    search = Search(Emulator(art / "convert" / "fp32" / "model.mlpackage"), samples, reference,
+                    Target(min_snr_db=0.0))
+    search.passes(keep)
+    evaluated = artifacts.read_json(art / "evaluate" / "mixed" / "metrics.json")["accuracy"]
+    emu = Emulator(art / "convert" / "mixed" / "model.mlpackage")
+    out = np.stack([emu.run(s)["image_embeddings"] for s in samples]).astype(np.float64)
+    ref = reference["image_embeddings"].astype(np.float64)
+    pooled = 10 * np.log10((ref ** 2).sum() / ((out - ref) ** 2).sum())
+    worst = min(10 * np.log10((r ** 2).sum() / ((o - r) ** 2).sum()) for r, o in zip(ref, out))
+    assert abs(search.trials[0].snr_db - evaluated["snr_db"]) < 1e-9
+    assert abs(evaluated["snr_db"] - pooled) < 1e-9
+    assert abs(pooled - worst) > 1e-3  # the two definitions do differ on this program
+
+
+def test_internal_overflow_fails_the_tolerance_unless_allowed():
+    """Outputs that match (60 dB) but three ops with inf inside: fails by default, passes when
+    the tolerance allows it; the search's target reads the same setting."""
+    from pipeline import metrics
+    from pipeline.search import Target
+
+    rng = np.random.default_rng(0)
+    ref = {"y": rng.normal(size=(2, 100)).astype(np.float32)}
+    out = {"y": ref["y"] * (1 + 1e-3)}
+    tol = {"min_snr_db": 20.0, "min_cosine": 0.99}
+    clean = metrics.accuracy(ref, out, tol, internal_nonfinite_ops=0)
+    assert clean["passes"] == 1 and clean["snr_db"] > 59.0
+    assert metrics.accuracy(ref, out, tol, internal_nonfinite_ops=3)["passes"] == 0
+    assert metrics.accuracy(ref, out, {**tol, "allow_internal_nonfinite": True},
+                            internal_nonfinite_ops=3)["passes"] == 1
+    m = metrics.accuracy(ref, out, {}, internal_nonfinite_ops=3)
+    assert not Target.from_config({"min_snr_db": 20.0}, {}).met(m)
+    assert Target.from_config({"min_snr_db": 20.0, "allow_internal_nonfinite": True}, {}).met(m)
+    assert Target.from_config({"min_snr_db": 20.0, "allow_internal_nonfinite": None}, {}).met(m) is False
+
+
+def test_evaluate_counts_the_ops_that_overflow_inside(tiny_run):
+    """tiny's FP16 variant overflows in LayerNorm2d's pow (massive activations): metrics.json
+    counts the ops of ops.csv with an inf/NaN, and they make the variant fail."""
+    import csv
+
+    art = tiny_run / "artifacts" / "evaluate"
+    for variant in ("fp32", "fp16", "mixed"):
+        acc = artifacts.read_json(art / variant / "metrics.json")["accuracy"]
+        with open(art / variant / "ops.csv") as f:
+            bad = sum(1 for r in csv.DictReader(f) if int(r["inf_count"]) or int(r["nan_count"]))
+        assert acc["internal_nonfinite_ops"] == bad
+        if bad:
+            assert acc["passes"] == 0
+    assert artifacts.read_json(art / "fp16" / "metrics.json")["accuracy"]["internal_nonfinite_ops"] >= 1

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from pipeline.emulator import fp16_pass
 from pipeline.emulator.ops import OPS, VALUE_PRESERVING, kernel
 from pipeline.emulator.ops.states import State
 from pipeline.errors import UnsupportedOpError, UserError
@@ -219,24 +220,29 @@ def _sub_plan(block, consts, const_dtypes, var_dtypes, device, mode, opset) -> P
     return sub
 
 
-FP16_PASS_SKIPS = {"cast", "while_loop", "cond", "make_list", "list_gather", "list_scatter",
-                   "list_read", "list_write", "list_length", "read_state", "coreml_update_state"}
-
-
 def virtual_mixed(plan: Plan, keep_fp32: set[str], mode: str,
-                  half_consts: dict[str, Any] | None = None) -> Plan:
-    """A plan of the FP32 program with every float op not in ``keep_fp32`` typed FP16.
-    ``half_consts`` keeps the FP16 copies of weights between calls (one per search candidate)."""
+                  half_consts: dict[str, Any] | None = None,
+                  pass_rules: dict[str, Any] | None = None) -> Plan:
+    """A plan of the FP32 program as coremltools' FP16 pass makes it with the ops in
+    ``keep_fp32`` left FP32 (the pass's rules: pipeline/emulator/fp16_pass.py, by op name in
+    ``pass_rules``). ``half_consts`` keeps the FP16 copies of weights between calls."""
     native = mode == "native_fp16"
     half_consts = {} if half_consts is None else half_consts
+    pass_rules = {} if pass_rules is None else pass_rules
     consts = dict(plan.consts)
     const_dtypes = dict(plan.const_dtypes)
     effective: dict[str, str] = {n: d for n, (d, _) in plan.inputs.items()}
+    # the pass sees each op's inputs as the FP32 program has them (a transformed producer's
+    # output is cast back to FP32 for it): decide and cast by the original dtypes
+    original = dict(effective) | {n: d for s in plan.steps for n, d in zip(s.outputs, s.dtypes)}
+
+    def dtype_of(n: str) -> str | None:
+        return plan.const_dtypes.get(n) if n in plan.consts else original.get(n)
+
     steps = []
     for step in plan.steps:
-        to_half = (step.op_type not in FP16_PASS_SKIPS and step.name not in keep_fp32
-                   and "fp32" in step.dtypes)
-        if not to_half:
+        rule = pass_rules.get(step.name)
+        if step.name in keep_fp32 or not fp16_pass.transforms(rule, step.args, dtype_of):
             for name, d in zip(step.outputs, step.dtypes):
                 effective[name] = d
             steps.append(step)
@@ -246,18 +252,19 @@ def virtual_mixed(plan: Plan, keep_fp32: set[str], mode: str,
             names = payload if kind == 2 else [payload]
             renamed = []
             for n in names:
-                if n in consts and const_dtypes.get(n) == "fp32" and isinstance(consts[n], torch.Tensor):
+                cast = param in rule.castable and dtype_of(n) == "fp32"
+                if cast and n in consts and isinstance(consts[n], torch.Tensor):
                     half = n + "@fp16"
                     if half not in half_consts:
-                        half_consts[half] = to_dtype(consts[n], "fp16", native)
+                        half_consts[half] = fp16_pass.half_const_as(consts[n], native)
                     consts[half] = half_consts[half]
                     const_dtypes[half] = "fp16"
                     renamed.append(half)
                     float_inputs.append(half)
                 else:
-                    if effective.get(n) == "fp32":
+                    if cast:
                         rounds.add(n)
-                    if effective.get(n) in FLOAT or const_dtypes.get(n) in FLOAT:
+                    if (const_dtypes.get(n) if n in consts else effective.get(n)) in FLOAT:
                         float_inputs.append(n)
                     renamed.append(n)
             args.append((param, kind, renamed if kind == 2 else renamed[0]))
@@ -341,6 +348,7 @@ class Emulator:
         self._apply(self.plan)
         self.fallbacks: set[str] = set()
         self._half_consts: dict[str, Any] = {}  # FP16 weight copies for with_fp16_except
+        self._pass_rules: dict[str, Any] | None = None  # the FP16 pass's rule for each op
         self.state: dict[str, State] | None = None  # created by the first stateful run
         if self.device.type == "cuda":
             # FP32 means FP32: PyTorch lets cuDNN convolutions (and, if set, matmuls) use TF32
@@ -396,7 +404,10 @@ class Emulator:
         import copy
 
         view = copy.copy(self)
-        view.plan = virtual_mixed(self.plan, keep_fp32, self.mode, self._half_consts)
+        if self._pass_rules is None:
+            self._pass_rules = fp16_pass.rules(self.program)
+        view.plan = virtual_mixed(self.plan, keep_fp32, self.mode, self._half_consts,
+                                  self._pass_rules)
         self._apply(view.plan, virtual=True)
         view.fallbacks = set()
         return view

@@ -137,11 +137,16 @@ def test_search_snr_is_the_evaluate_stage_snr(tiny_copy):
     assert len(samples) >= 2  # pooling and the worst sample differ only with several samples
     keep = frozenset(s["saved_name"] for s in artifacts.read_json(
         art / "convert" / "mixed" / "report.json")["selected_fp32_ops"])
-    search = Search(Emulator(art / "convert" / "fp32" / "model.mlpackage"), samples, reference,
-                    Target(min_snr_db=0.0))
+    from pipeline.emulator.numerics import numerics_from
+    from tests.conftest import make_cfg
+
+    numerics = numerics_from(make_cfg(tiny_copy, "model=tiny"))  # the evaluate stage's: device
+    search = Search(Emulator(art / "convert" / "fp32" / "model.mlpackage", numerics=numerics),
+                    samples, reference, Target(min_snr_db=0.0))
     search.passes(keep)
     evaluated = artifacts.read_json(art / "evaluate" / "mixed" / "metrics.json")["accuracy"]
-    emu = Emulator(art / "convert" / "mixed" / "model.mlpackage")
+    emu = Emulator(art / "convert" / "mixed" / "model.mlpackage",
+                   numerics=numerics_from(make_cfg(tiny_copy, "model=tiny")))
     out = np.stack([emu.run(s)["image_embeddings"] for s in samples]).astype(np.float64)
     ref = reference["image_embeddings"].astype(np.float64)
     pooled = 10 * np.log10((ref ** 2).sum() / ((out - ref) ** 2).sum())

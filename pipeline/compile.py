@@ -14,27 +14,27 @@ import time
 
 from omegaconf import DictConfig
 
-from pipeline import artifacts
+from pipeline import artifacts, lineage
 from pipeline.backends import compile_package, not_on_macos_reason, resolve_backend
 from pipeline.cli import main_for
-from pipeline.config import variant_dir
+from pipeline.config import to_dict, variant_dir
 from pipeline.emulator import Emulator
-from pipeline.errors import UserError
 
 log = logging.getLogger("pipeline.compile")
 
 
 def run(cfg: DictConfig) -> None:
     variant = cfg.precision.name
-    package = variant_dir(cfg, "convert") / "model.mlpackage"
-    if not package.exists():
-        raise UserError(f"no converted package at {package}",
-                        f"run `python -m pipeline.convert precision={variant}` first")
+    convert_dir = variant_dir(cfg, "convert")
+    rerun = f"python -m pipeline.convert model={cfg.model.name} precision={variant}"
+    converted = artifacts.open_output(convert_dir, rerun)
+    lineage.check_section(converted, "precision", to_dict(cfg.precision), convert_dir, rerun)
+    package = convert_dir / "model.mlpackage"
     backend = resolve_backend(cfg.backend)
     out_dir = variant_dir(cfg, "compile")
     started = time.perf_counter()
     with artifacts.atomic_path(out_dir, is_dir=True) as tmp:
-        record = {"variant": variant, "backend": backend, "platform": platform.platform()}
+        record = {"variant": variant, "backend": backend, "system": platform.system()}
         if backend == "coreml":
             compiled = compile_package(package, tmp)
             record.update(compiled=compiled.name, coreml_compiled=True)
@@ -48,9 +48,11 @@ def run(cfg: DictConfig) -> None:
                                "consts": len(emulator.plan.consts),
                                "op_types": emulator.plan.op_types(),
                                "all_ops_supported": True})
-        record["seconds"] = round(time.perf_counter() - started, 3)
         artifacts.write_json(tmp / "compile.json", record)
-    log.info("%s: %s compile ready in %.1f s -> %s", variant, backend, record["seconds"], out_dir)
+        artifacts.write_lineage(tmp, "compile", {"backend": backend},
+                                {"convert": converted["fingerprint"]})
+    log.info("%s: %s compile ready in %.1f s -> %s", variant, backend,
+             time.perf_counter() - started, out_dir)
 
 
 def main() -> None:

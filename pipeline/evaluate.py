@@ -6,7 +6,9 @@ reference for per-op errors), artifacts/compile/<variant>/. Writes artifacts/eva
                   compute plan), latency (measured on macOS, else "not measured" and why)
   ops.csv         per-op diagnostics from the emulator
   placement.csv   per-op device
-  run.json        where the numbers came from, the MLflow run id, timings
+  run.json        where the numbers came from (model, variant, emulator, first bad op)
+  lineage.json    what produced the folder (pipeline/artifacts.py)
+  timings.json    emulator wall time and the MLflow run id: untracked, differ every run
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from pipeline import artifacts, metrics, placement, programs, tracking
+from pipeline import artifacts, lineage, metrics, placement, programs, tracking
 from pipeline.backends import (COMPUTE_UNITS, compute_plan, coreml_predict, measure_latency,
                                not_on_macos_reason, resolve_backend)
 from pipeline.cli import main_for
@@ -96,24 +98,48 @@ def latency_section(cfg: DictConfig, backend: str, compiled: Path | None,
     return section
 
 
+def check_inputs(cfg: DictConfig) -> tuple[Path, dict, dict]:
+    """The trace, convert and compile folders this evaluation reads, checked against their
+    lineage: same model and precision as asked, and made from each other as they are now.
+    Returns (trace folder, trace manifest, upstream fingerprints)."""
+    variant, model = cfg.precision.name, cfg.model.name
+    trace_dir, manifest = artifacts.read_trace(artifacts_dir(cfg))
+    lineage.check_section(manifest["lineage"], "model", to_dict(cfg.model), trace_dir,
+                          f"python -m pipeline.trace model={model}")
+    trace_fp = manifest["lineage"]["fingerprint"]
+    upstream = {"trace": trace_fp}
+    convert_cmd = f"python -m pipeline.convert model={model} precision={variant}"
+    convert_dir = variant_dir(cfg, "convert")
+    converted = artifacts.open_output(convert_dir, convert_cmd)
+    lineage.check_section(converted, "precision", to_dict(cfg.precision), convert_dir, convert_cmd)
+    lineage.check_upstream(converted, "trace", trace_fp, convert_dir, convert_cmd)
+    upstream["convert"] = converted["fingerprint"]
+    compile_dir = variant_dir(cfg, "compile")
+    compile_cmd = f"python -m pipeline.compile model={model} precision={variant}"
+    compiled = artifacts.open_output(compile_dir, compile_cmd)
+    lineage.check_upstream(compiled, "convert", converted["fingerprint"], compile_dir, compile_cmd)
+    upstream["compile"] = compiled["fingerprint"]
+    ref_dir = variant_dir(cfg, "convert", REFERENCE_VARIANT)
+    if variant != REFERENCE_VARIANT and cfg.evaluate.diagnostics and ref_dir.is_dir():
+        ref_cmd = f"python -m pipeline.convert model={model} precision={REFERENCE_VARIANT}"
+        reference = artifacts.open_output(ref_dir, ref_cmd)
+        lineage.check_upstream(reference, "trace", trace_fp, ref_dir, ref_cmd)
+        upstream["convert_fp32"] = reference["fingerprint"]
+    return trace_dir, manifest, upstream
+
+
 def run(cfg: DictConfig) -> None:
     variant = cfg.precision.name
-    trace_dir, manifest = artifacts.read_trace(artifacts_dir(cfg))
+    trace_dir, manifest, upstream = check_inputs(cfg)
     package = variant_dir(cfg, "convert") / "model.mlpackage"
     compile_record_path = variant_dir(cfg, "compile") / "compile.json"
-    if not package.exists():
-        raise UserError(f"no converted package at {package}",
-                        f"run `python -m pipeline.convert precision={variant}` first")
-    if not compile_record_path.is_file():
-        raise UserError(f"variant '{variant}' is not compiled",
-                        f"run `python -m pipeline.compile precision={variant}` first")
     task = manifest.get("task_metric")
     if task and task not in metrics.TASK_METRICS:
         raise UserError(f"unknown model.task_metric '{task}'",
                         f"choose one of: {', '.join(metrics.TASK_METRICS)} (or null)")
     backend = resolve_backend(cfg.backend)
     if cfg.tracking.enabled:
-        tracking.check_uri(cfg.tracking.uri)  # fail before the work, not after it
+        tracking.check_store(cfg.tracking.uri)  # fail before the work, not after it
     compile_record = artifacts.read_json(compile_record_path)
     compiled = None
     if backend == "coreml" and compile_record.get("coreml_compiled"):
@@ -148,8 +174,7 @@ def run(cfg: DictConfig) -> None:
         details = {
             "model": manifest["model"], "variant": variant, "backend": backend,
             "emulator": {"mode": cfg.evaluate.emulator_mode, "device": cfg.evaluate.device,
-                         "native_fp16_fallbacks": fallbacks,
-                         "wall_seconds_not_core_ml_latency": round(emu_seconds, 3)},
+                         "native_fp16_fallbacks": fallbacks},
             "first_nonfinite_op": None if first is None else
             {"name": first.name, "op_type": first.op_type, "dtype": first.dtype},
             "worst_op_vs_fp32": None if worst is None else
@@ -158,10 +183,18 @@ def run(cfg: DictConfig) -> None:
             "tolerance": manifest.get("tolerance") or {},
         }
         artifacts.write_json(tmp / "metrics.json", result)
-        if cfg.tracking.enabled:
-            details["mlflow_run_id"] = log_to_mlflow(cfg, manifest, variant, backend, result,
-                                                     details, tmp, conversion)
         artifacts.write_json(tmp / "run.json", details)
+        artifacts.write_json(tmp / "conversion_report.json", conversion)
+        artifacts.write_lineage(tmp, "evaluate", {"model": {"name": manifest["model"]},
+                                                  "precision": {"name": variant},
+                                                  "evaluate": to_dict(cfg.evaluate),
+                                                  "backend": backend}, upstream)
+        # Wall time and the MLflow run id change on every run: untracked (timings.json).
+        timings = {"emulator_wall_seconds_not_core_ml_latency": round(emu_seconds, 3)}
+        if cfg.tracking.enabled:
+            timings["mlflow_run_id"] = log_to_mlflow(cfg, manifest, variant, backend, result,
+                                                     details, tmp, upstream, timings)
+        artifacts.write_json(tmp / "timings.json", timings)
     verdict = "PASSES" if accuracy["passes"] else "FAILS"
     log.info("%s %s tolerance: cosine_min %.5f, SNR %.1f dB, non-finite %.4f%s; NE op share "
              "%.2f (%s)", variant, verdict, accuracy["cosine_min"], accuracy["snr_db"],
@@ -171,7 +204,7 @@ def run(cfg: DictConfig) -> None:
 
 
 def log_to_mlflow(cfg, manifest, variant, backend, result, details, folder: Path,
-                  conversion: dict) -> str:
+                  upstream: dict, timings: dict) -> str:
     flat = tracking.flatten(result)
     numbers, texts = tracking.split_numeric(flat)
     params = tracking.flatten({"model": to_dict(cfg.model), "precision": to_dict(cfg.precision),
@@ -182,9 +215,10 @@ def log_to_mlflow(cfg, manifest, variant, backend, result, details, folder: Path
             "git_commit": tracking.git_commit(), **texts,
             **{f"version.{k}": v for k, v in tracking.versions().items()},
             **tracking.dvc_stage_hashes(["trace", f"convert@{variant}", f"compile@{variant}"])}
+    tags.update({f"lineage.{k}": v for k, v in upstream.items()})
+    numbers.update(timings)
     if details.get("first_nonfinite_op"):
         tags["first_nonfinite_op"] = details["first_nonfinite_op"]["name"]
-    artifacts.write_json(folder / "conversion_report.json", conversion)
     files = [folder / "metrics.json", folder / "ops.csv", folder / "conversion_report.json",
              *sorted(folder.glob("placement*.csv"))]
     experiment = cfg.tracking.experiment or manifest["model"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 from pathlib import Path
 from typing import Sequence
@@ -31,10 +32,12 @@ def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
     return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
 
 
-def load_config(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> DictConfig:
+def load_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> DictConfig:
     """Compose conf/config.yaml onto the schema (pipeline/schema.py) with command-line style
-    overrides; every user mistake (unknown key, wrong type, bad YAML) -> one-line UserError."""
+    overrides; every user mistake (unknown key, wrong type, bad YAML) -> one-line UserError.
+    The config folder is conf/ of the repository, or $PIPELINE_CONF_DIR."""
     overrides = list(overrides)
+    conf_dir = Path(conf_dir or os.environ.get("PIPELINE_CONF_DIR") or CONF_DIR)
     schema.register()
     GlobalHydra.instance().clear()
     try:
@@ -54,9 +57,12 @@ def load_config(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> Dic
 
 def composition_error(exc: BaseException, overrides: list[str]) -> UserError:
     """Hydra's and OmegaConf's composition errors as one line naming the key and the fix."""
-    cause = exc
-    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
-        cause = cause.__cause__
+    in_file = re.search(r"^In '([^']+)'", str(exc))
+    source = f"conf/{in_file.group(1)}.yaml" if in_file else None
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, (OmegaConfBaseException, yaml.YAMLError)):
+        cause = cause.__cause__ or cause.__context__
+    cause = cause or exc
     first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.key is not None:
         key = str(cause.full_key or cause.key)
@@ -67,7 +73,7 @@ def composition_error(exc: BaseException, overrides: list[str]) -> UserError:
         near = difflib.get_close_matches(leaf, known, n=1, cutoff=0.5)
         hint = f"did you mean '{(parent + '.' if parent else '') + near[0]}'? " if near else ""
         where = f"'{parent}'" if parent else "the config"
-        return UserError(f"unknown key '{key}'",
+        return UserError(f"unknown key '{key}'" + (f" in {source}" if source else ""),
                          f"{hint}the keys of {where} are: {', '.join(known)} "
                          "(a model builder's own arguments go under model.args)")
     if isinstance(cause, ValidationError):
@@ -76,15 +82,17 @@ def composition_error(exc: BaseException, overrides: list[str]) -> UserError:
         bad = next((o for o in overrides if key and o.lstrip("+~").split("=")[0].endswith(
             key.split("[")[0])), None) or next(
             (o for o in overrides if "=" in o and key.split("[")[0].split(".")[-1] in o), None)
-        where = f"override '{bad}'" if bad else "the config"
+        where = f"override '{bad}'" if bad and not source else (source or "the config")
         fix = "give a value of the expected type"
         if "is not a ListConfig" in text and bad:
             name, _, value = bad.partition("=")
             fix = f"a list is written in brackets: '{name}=[{value}]'"
         return UserError(f"bad value for '{key}' in {where}: {text}", fix)
-    if isinstance(cause, yaml.YAMLError) or "yaml" in type(cause).__name__.lower():
-        return UserError(f"a YAML file in conf/ does not parse: {first}",
-                         "fix the YAML syntax in that file (git diff conf/ shows what changed)")
+    if isinstance(cause, yaml.YAMLError):
+        mark = getattr(cause, "problem_mark", None)
+        at = f"{mark.name}, line {mark.line + 1}" if mark else "a file in conf/"
+        return UserError(f"YAML syntax error in {at}: {first}",
+                         "fix the YAML in that file (git diff conf/ shows what changed)")
     return UserError(f"bad override in {overrides}: {first}",
                      "overrides look like key=value, group=option or +new_key=value")
 

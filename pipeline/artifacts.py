@@ -74,6 +74,19 @@ def check_replaceable(dest: Path, is_dir: bool) -> None:
                         f"move '{dest}' away or delete it, then re-run the stage")
 
 
+def raise_if_disk_full(path: Path, exc: BaseException, margin: int = 1 << 20) -> None:
+    """Libraries that write through their own code (torch.save) report a full disk as a
+    RuntimeError: turn it back into the OSError it is, so it reads as one line."""
+    import errno
+
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return
+    if free < margin:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+
+
 def write_text(dest: str | Path, text: str) -> Path:
     with atomic_path(dest) as tmp:
         tmp.write_text(text)

@@ -91,6 +91,7 @@ def build_report(package: Path, spec: precision.PrecisionSpec, selector, seconds
 
 def run(cfg: DictConfig) -> None:
     spec = precision.spec_from_config(to_dict(cfg.precision))
+    artifacts.check_replaceable(variant_dir(cfg, "convert", spec.name), is_dir=True)  # before the work
     trace_dir, manifest = artifacts.read_trace(artifacts_dir(cfg))
     lineage.check_section(manifest["lineage"], "model", to_dict(cfg.model), trace_dir,
                           f"python -m pipeline.trace model={cfg.model.name}")

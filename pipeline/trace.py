@@ -50,6 +50,8 @@ def run(cfg: DictConfig) -> None:
     if method not in METHODS:
         raise UserError(f"unknown trace.method '{method}'", f"choose one of: {', '.join(METHODS)}")
     model_cfg = to_dict(cfg.model)
+    out_dir = artifacts_dir(cfg) / "trace"
+    artifacts.check_replaceable(out_dir, is_dir=True)  # before the work
     torch.manual_seed(int(model_cfg.get("seed") or 0))
     model = TupleOutputs(models.build_model(model_cfg)).eval()
     inputs = models.make_inputs(model_cfg)
@@ -74,7 +76,6 @@ def run(cfg: DictConfig) -> None:
     check_reference(refs, names)
     example = tuple(torch.from_numpy(inputs[s.name][0]) for s in specs)
 
-    out_dir = artifacts_dir(cfg) / "trace"
     with artifacts.atomic_path(out_dir, is_dir=True) as tmp:
         started = time.perf_counter()
         try:
@@ -89,6 +90,7 @@ def run(cfg: DictConfig) -> None:
         except UserError:
             raise
         except Exception as exc:
+            artifacts.raise_if_disk_full(tmp, exc)
             raise StageError("trace", f"torch.{'jit.trace' if method == 'jit' else 'export'} "
                              f"raised {exc.__class__.__name__}: {str(exc).strip().splitlines()[0]}",
                              "try trace.method=export (or jit), or simplify the model's forward") from None

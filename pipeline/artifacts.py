@@ -69,9 +69,29 @@ def check_replaceable(dest: Path, is_dir: bool) -> None:
         kind = "a directory" if dest.is_dir() else "a file"
         raise UserError(f"'{dest}' is {kind}; this stage writes a {'directory' if is_dir else 'file'} "
                         "there", f"move '{dest}' away, or choose another paths.artifacts")
-    if is_dir and any(dest.iterdir()) and not (dest / LINEAGE).is_file():
+    if is_dir and not (dest / LINEAGE).is_file() and any(
+            p.name not in UNTRACKED for p in dest.iterdir()):  # DVC leaves untracked files
         raise UserError(f"'{dest}' holds files this pipeline did not write (no {LINEAGE})",
                         f"move '{dest}' away or delete it, then re-run the stage")
+
+
+def check_free_space(folder: str | Path, need: int, what: str) -> None:
+    """Refuse before the work when the disk under ``folder`` cannot take ``need`` bytes (some
+    writers, torch.save among them, abort the process on a full disk instead of raising)."""
+    from pipeline.errors import UserError
+
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    need = int(need * 1.2) + (1 << 20)
+    if free < need:
+        raise UserError(f"not enough free space for {what} under '{folder}': needs about "
+                        f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free",
+                        "free space there, or set paths.artifacts to another disk")
 
 
 def raise_if_disk_full(path: Path, exc: BaseException, margin: int = 1 << 20) -> None:

@@ -79,9 +79,10 @@ def composition_error(exc: BaseException, overrides: list[str]) -> UserError:
     if isinstance(cause, ValidationError):
         key = str(cause.full_key or "")
         text = " ".join(first.split())
+        value = re.search(r"Value '([^']*)'", text)
         bad = next((o for o in overrides if key and o.lstrip("+~").split("=")[0].endswith(
             key.split("[")[0])), None) or next(
-            (o for o in overrides if "=" in o and key.split("[")[0].split(".")[-1] in o), None)
+            (o for o in overrides if value and value.group(1) in o.partition("=")[2]), None)
         where = f"override '{bad}'" if bad and not source else (source or "the config")
         fix = "give a value of the expected type"
         if "is not a ListConfig" in text and bad:

@@ -114,6 +114,8 @@ def run(cfg: DictConfig) -> None:
         mlmodel, selector, seconds = convert_program(traced, manifest, spec,
                                                      cfg.convert.minimum_deployment_target)
     out_dir = variant_dir(cfg, "convert", spec.name)
+    artifacts.check_free_space(out_dir.parent, (trace_dir / manifest["program"]).stat().st_size,
+                               "the Core ML package")
     with artifacts.atomic_path(out_dir, is_dir=True) as tmp:
         package = tmp / "model.mlpackage"
         mlmodel.save(str(package))

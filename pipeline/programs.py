@@ -119,7 +119,11 @@ def make_deterministic(package: Path) -> None:
     renamed = {}
     for old, info in entries.items():
         item = Path(package) / "Data" / info.get("path", "")
-        digest = hashlib.sha256(item.read_bytes()).hexdigest() if item.is_file() else ""
+        digest = hashlib.sha256()
+        for f in sorted([item] if item.is_file() else item.rglob("*")):
+            if f.is_file():
+                digest.update(f"{f.relative_to(item.parent)}\0".encode() + f.read_bytes())
+        digest = digest.hexdigest()
         renamed[old] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{info.get('path')}:{digest}")).upper()
     manifest["itemInfoEntries"] = {renamed[k]: v for k, v in sorted(entries.items(),
                                                                      key=lambda kv: renamed[kv[0]])}

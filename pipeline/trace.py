@@ -75,6 +75,10 @@ def run(cfg: DictConfig) -> None:
     names = output_names(model_cfg, len(refs[0]))
     check_reference(refs, names)
     example = tuple(torch.from_numpy(inputs[s.name][0]) for s in specs)
+    artifacts.check_free_space(out_dir.parent, sum(
+        p.numel() * p.element_size() for p in model.state_dict().values())
+        + sum(a.nbytes for a in inputs.values()) + sum(o.nbytes for r in refs for o in r),
+        "the traced model, inputs and reference")
 
     with artifacts.atomic_path(out_dir, is_dir=True) as tmp:
         started = time.perf_counter()

@@ -522,6 +522,7 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     assert 0.4 < float(np.mean(pixels > 127.5)) < 0.6  # a ramp, not clipped to white
 
 
+@pytest.mark.slow
 def test_tracing_twice_gives_identical_tracked_bytes(tmp_path):
     """Two real processes, as `dvc repro` runs them (in one process torch.jit mangles the
     names of a class it traces twice)."""
@@ -571,6 +572,7 @@ def in_namespace(tmp_path: Path, mount: str, argv: list[str]) -> subprocess.Comp
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 @needs_unshare
 @pytest.mark.parametrize("case,mount,stage,expected", [
     ("read-only artifacts folder", "mount --bind -o ro {art} {art}", "convert",
@@ -596,6 +598,7 @@ def test_file_system_faults(tmp_path, tiny_run, case, mount, stage, expected):
     record(case, proc.returncode, proc.stderr, kept, tmp_path)
 
 
+@pytest.mark.slow
 def test_sigint_of_a_real_process_keeps_nothing_half_written(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     (tmp_path / "victim").mkdir()

@@ -88,7 +88,9 @@ def test_editing_mixed_config_reruns_only_mixed(repo):
     cfg = path / "conf" / "precision" / "mixed.yaml"
     cfg.write_text(cfg.read_text() + "# edited\n")
     out = sh("dvc repro", path).stdout
-    assert sorted(ran_stages(out)) == ["compile@mixed", "convert@mixed", "evaluate@mixed", "report"]
+    # Only convert@mixed re-runs: a comment changes nothing, the package comes out byte-identical
+    # (tracked outputs are deterministic), so DVC has nothing to re-run downstream.
+    assert ran_stages(out) == ["convert@mixed"]
 
 
 def kill_during(path: Path, stage: str) -> None:

@@ -1,10 +1,13 @@
 """The one wrapper every stage's `main` goes through: logging, config, clean errors."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import signal
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
@@ -60,20 +63,88 @@ def _run_one(stage: str, body: Callable[[DictConfig], object], args: list[str], 
     from pipeline.config import load_config
 
     started = time.perf_counter()
+    previous = _terminate_as_interrupt()
     try:
         cfg = load_config(args)
         if show:
             print(OmegaConf.to_yaml(cfg, resolve=True))
             return 0
+        check_artifacts_root(cfg.paths.artifacts)
         body(cfg)
     except UserError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"error: {stage} interrupted; nothing half-written was kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"error: {stage} {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; "
+              "nothing half-written was kept and its MLflow run (if any) was marked KILLED",
+              file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    except OSError as exc:
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a fault no check foresaw: one line, the traceback on request
+        log.debug("%s failed", stage, exc_info=True)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        print(f"error: {stage} failed unexpectedly: {type(exc).__name__}: {first} -- check the "
+              "inputs it names; PIPELINE_LOG_LEVEL=DEBUG shows the traceback", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     log.info("%s done in %.1f s", stage, time.perf_counter() - started)
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every cleanup (temporary folders, MLflow runs) runs."""
+
+
+def _terminate_as_interrupt():
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise Terminated()
+    return signal.signal(signal.SIGTERM, handler)
+
+
+FIXES = {
+    errno.ENOSPC: ("no space left on the device", "free space there, or set paths.artifacts "
+                   "(and tracking.uri) to another disk, then re-run"),
+    errno.EDQUOT: ("disk quota exceeded", "free space, or write elsewhere (paths.artifacts)"),
+    errno.EROFS: ("read-only file system", "write elsewhere: paths.artifacts=DIR (and tracking.uri)"),
+    errno.EACCES: ("permission denied", "make it writable, or write elsewhere: paths.artifacts=DIR"),
+    errno.EPERM: ("operation not permitted", "make it writable, or write elsewhere: paths.artifacts=DIR"),
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError (full disk, read-only folder, ...) as one line naming the path."""
+    what, fix = FIXES.get(exc.errno, (exc.strerror or type(exc).__name__,
+                                      "check the path and the disk, then re-run"))
+    where = f" at '{exc.filename}'" if exc.filename else ""
+    return f"{what}{where} -- {fix}"
+
+
+def check_artifacts_root(root: str) -> None:
+    """paths.artifacts must be (or become) a writable folder: checked before any work."""
+    path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"paths.artifacts='{root}' is a file, not a folder",
+                        "point paths.artifacts at a folder (default: artifacts)")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"paths.artifacts='{root}' is not writable ('{existing}' is read-only "
+                        "or not a folder)", "make it writable, or set paths.artifacts=DIR")
+    if path.is_dir():
+        for sub in [path, *[p for p in path.iterdir() if p.is_dir()]]:
+            if not os.access(sub, os.W_OK | os.X_OK):
+                raise UserError(f"'{sub}' is not writable (read-only or no permission)",
+                                "make it writable, or set paths.artifacts=DIR")
 
 
 def sweep(args: Sequence[str]) -> list[list[str]]:

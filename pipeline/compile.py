@@ -13,30 +13,31 @@ import time
 
 from omegaconf import DictConfig
 
-from pipeline import artifacts, backends
+from pipeline import artifacts, backends, lineage
 from pipeline.cli import main_for
-from pipeline.config import variant_dir
-from pipeline.errors import UserError
+from pipeline.config import to_dict, variant_dir
 
 log = logging.getLogger("pipeline.compile")
 
 
 def run(cfg: DictConfig) -> None:
     variant = cfg.precision.name
-    package = variant_dir(cfg, "convert") / "model.mlpackage"
-    if not package.exists():
-        raise UserError(f"no converted package at {package}",
-                        f"run `python -m pipeline.convert precision={variant}` first")
+    convert_dir = variant_dir(cfg, "convert")
+    rerun = f"python -m pipeline.convert model={cfg.model.name} precision={variant}"
+    converted = artifacts.open_output(convert_dir, rerun)
+    lineage.check_section(converted, "precision", to_dict(cfg.precision), convert_dir, rerun)
+    package = convert_dir / "model.mlpackage"
     backend = backends.for_config(cfg, package)
     out_dir = variant_dir(cfg, "compile")
     started = time.perf_counter()
     with artifacts.atomic_path(out_dir, is_dir=True) as tmp:
-        record = {"variant": variant, "backend": backend.name, "platform": platform.platform(),
+        record = {"variant": variant, "backend": backend.name, "system": platform.system(),
                   **backend.compile(tmp)}
-        record["seconds"] = round(time.perf_counter() - started, 3)
         artifacts.write_json(tmp / "compile.json", record)
-    log.info("%s: %s compile ready in %.1f s -> %s", variant, backend.name, record["seconds"],
-             out_dir)
+        artifacts.write_lineage(tmp, "compile", {"backend": backend.name},
+                                {"convert": converted["fingerprint"]})
+    log.info("%s: %s compile ready in %.1f s -> %s", variant, backend.name,
+             time.perf_counter() - started, out_dir)
 
 
 def main() -> None:

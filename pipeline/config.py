@@ -5,16 +5,22 @@ but its artifacts (no `outputs/` folders, no log files) and a bad override becom
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import os
 import re
 from pathlib import Path
 from typing import Sequence
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, OmegaConfBaseException,
+                              ValidationError)
 
+from pipeline import schema
 from pipeline.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -26,23 +32,76 @@ def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
     return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
 
 
-def load_config(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> DictConfig:
-    """Compose conf/config.yaml with command-line style overrides; user mistakes -> UserError."""
+def load_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> DictConfig:
+    """Compose conf/config.yaml onto the schema (pipeline/schema.py) with command-line style
+    overrides; every user mistake (unknown key, wrong type, bad YAML) -> one-line UserError.
+    The config folder is conf/ of the repository, or $PIPELINE_CONF_DIR."""
     overrides = list(overrides)
+    conf_dir = Path(conf_dir or os.environ.get("PIPELINE_CONF_DIR") or CONF_DIR)
+    schema.register()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             cfg = compose(config_name="config", overrides=overrides)
+        # `+key=value` adds keys even to typed nodes: merging onto the schema refuses them.
+        OmegaConf.merge(OmegaConf.structured(schema.Config), OmegaConf.to_container(cfg))
     except MissingConfigException as exc:
         raise _missing_option(exc, overrides, conf_dir) from None
-    except (HydraException, OmegaConfBaseException) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"bad override in {overrides}: {first}",
-                        "overrides look like key=value, group=option or +new_key=value") from None
+    except (HydraException, OmegaConfBaseException, yaml.YAMLError) as exc:
+        raise composition_error(exc, overrides) from None
     finally:
         GlobalHydra.instance().clear()
     validate(cfg)
     return cfg
+
+
+def composition_error(exc: BaseException, overrides: list[str]) -> UserError:
+    """Hydra's and OmegaConf's composition errors as one line naming the key and the fix."""
+    in_file = re.search(r"^In '([^']+)'", str(exc))
+    source = f"conf/{in_file.group(1)}.yaml" if in_file else None
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, (OmegaConfBaseException, yaml.YAMLError)):
+        cause = cause.__cause__ or cause.__context__
+    cause = cause or exc
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.key is not None:
+        key = str(cause.full_key or cause.key)
+        parent, _, leaf = key.rpartition(".")
+        known = _schema_keys(cause.object_type)
+        if not known:  # an open dict (model.args): new keys are welcome, with a +
+            return UserError(f"'{key}' is not in the config yet", f"add it with +{key}=VALUE")
+        near = difflib.get_close_matches(leaf, known, n=1, cutoff=0.5)
+        hint = f"did you mean '{(parent + '.' if parent else '') + near[0]}'? " if near else ""
+        where = f"'{parent}'" if parent else "the config"
+        return UserError(f"unknown key '{key}'" + (f" in {source}" if source else ""),
+                         f"{hint}the keys of {where} are: {', '.join(known)} "
+                         "(a model builder's own arguments go under model.args)")
+    if isinstance(cause, ValidationError):
+        key = str(cause.full_key or "")
+        text = " ".join(first.split())
+        value = re.search(r"Value '([^']*)'", text)
+        bad = next((o for o in overrides if key and o.lstrip("+~").split("=")[0].endswith(
+            key.split("[")[0])), None) or next(
+            (o for o in overrides if value and value.group(1) in o.partition("=")[2]), None)
+        where = f"override '{bad}'" if bad and not source else (source or "the config")
+        fix = "give a value of the expected type"
+        if "is not a ListConfig" in text and bad:
+            name, _, value = bad.partition("=")
+            fix = f"a list is written in brackets: '{name}=[{value}]'"
+        return UserError(f"bad value for '{key}' in {where}: {text}", fix)
+    if isinstance(cause, yaml.YAMLError):
+        mark = getattr(cause, "problem_mark", None)
+        at = f"{mark.name}, line {mark.line + 1}" if mark else "a file in conf/"
+        return UserError(f"YAML syntax error in {at}: {first}",
+                         "fix the YAML in that file (git diff conf/ shows what changed)")
+    return UserError(f"bad override in {overrides}: {first}",
+                     "overrides look like key=value, group=option or +new_key=value")
+
+
+def _schema_keys(object_type) -> list[str]:
+    if object_type is None or not dataclasses.is_dataclass(object_type):
+        return []
+    return [f.name for f in dataclasses.fields(object_type)]
 
 
 def _missing_option(exc: Exception, overrides: list[str], conf_dir: Path) -> UserError:
@@ -56,6 +115,7 @@ def _missing_option(exc: Exception, overrides: list[str], conf_dir: Path) -> Use
 
 
 def validate(cfg: DictConfig) -> None:
+    """What types cannot say: allowed values and safe names."""
     if cfg.backend not in BACKENDS:
         raise UserError(f"unknown backend '{cfg.backend}'", f"choose one of: {', '.join(BACKENDS)}")
     mode = cfg.evaluate.get("emulator_mode")
@@ -64,6 +124,16 @@ def validate(cfg: DictConfig) -> None:
                         "use evaluate.numerics=device|ieee|native_fp16 (emulator_mode is legacy)")
     from pipeline.emulator.numerics import numerics_from
     numerics_from(cfg)  # a bad evaluate.numerics or numerics_profile fails here
+    for key in ("precision.name", "model.name"):
+        check_name(key, OmegaConf.select(cfg, key))
+
+
+def check_name(key: str, value) -> None:
+    """Names become folder names: letters, digits, _ . - (no '..', no '/', not empty)."""
+    text = "" if value is None else str(value)
+    if not re.match(schema.NAME_PATTERN, text) or ".." in text:
+        raise UserError(f"{key}={text!r} is not a safe name (it becomes a folder name)",
+                        f"use letters, digits, '_', '.', '-' (no '/', no '..'), e.g. {key}=mine")
 
 
 def to_dict(cfg: DictConfig) -> dict:

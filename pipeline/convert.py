@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from pipeline import artifacts, precision, programs
+from pipeline import artifacts, lineage, precision, programs
 from pipeline.backends import coremltools
 from pipeline.cli import main_for
 from pipeline.config import artifacts_dir, to_dict, variant_dir
@@ -29,9 +29,13 @@ def load_traced(trace_dir: Path, manifest: dict):
     import torch
 
     path = trace_dir / manifest["program"]
-    if manifest["method"] == "export":
-        return torch.export.load(str(path))
-    return torch.jit.load(str(path))
+    try:
+        if manifest["method"] == "export":
+            return torch.export.load(str(path))
+        return torch.jit.load(str(path))
+    except Exception as exc:  # torch raises many kinds on a damaged file
+        raise UserError(f"'{path}' is not a loadable traced program ({type(exc).__name__})",
+                        "re-run `python -m pipeline.trace`") from None
 
 
 def deployment_target(ct, name: str):
@@ -85,18 +89,23 @@ def build_report(package: Path, spec: precision.PrecisionSpec, selector, seconds
         "fp32_not_selected": sorted(fp32_names - chosen) if spec.compute == "mixed" else [],
         "weight_bytes": programs.weight_bytes(prog),
         "package_bytes": size,
-        "conversion_seconds": round(seconds, 3),
     }
 
 
 def run(cfg: DictConfig) -> None:
     spec = precision.spec_from_config(to_dict(cfg.precision))
+    artifacts.check_replaceable(variant_dir(cfg, "convert", spec.name), is_dir=True)  # before the work
     trace_dir, manifest = artifacts.read_trace(artifacts_dir(cfg))
+    lineage.check_section(manifest["lineage"], "model", to_dict(cfg.model), trace_dir,
+                          f"python -m pipeline.trace model={cfg.model.name}")
     traced = load_traced(trace_dir, manifest)
     log.info("converting %s to %s (%s)", manifest["model"], spec.name, spec.compute)
     found = None
     if spec.compute == "auto":  # search for the FP32 set, then convert with it (search.py)
-        from pipeline import search
+        from pipeline import search, tracking
+
+        if cfg.tracking.enabled:
+            tracking.check_store(cfg.tracking.uri)  # the search logs a run: check first
 
         spec, result, verified, mlmodel, selector, seconds = search.find(
             cfg, traced, manifest, trace_dir, spec.name)
@@ -108,15 +117,24 @@ def run(cfg: DictConfig) -> None:
         mlmodel, selector, seconds = convert_program(traced, manifest, spec,
                                                      cfg.convert.minimum_deployment_target)
     out_dir = variant_dir(cfg, "convert", spec.name)
+    artifacts.check_free_space(out_dir.parent, (trace_dir / manifest["program"]).stat().st_size,
+                               "the Core ML package")
     with artifacts.atomic_path(out_dir, is_dir=True) as tmp:
         package = tmp / "model.mlpackage"
         mlmodel.save(str(package))
+        programs.make_deterministic(package)
         report = build_report(package, spec, selector, seconds)
         report["model"] = manifest["model"]
         if found:
             (tmp / "precision.yaml").write_text(found[0])
             report["search"] = found[1]
         artifacts.write_json(tmp / "report.json", report)
+        asked = {"model": {"name": manifest["model"]}, "precision": to_dict(cfg.precision),
+                 "convert": to_dict(cfg.convert)}
+        if found:
+            asked["search"] = to_dict(cfg.search)
+        artifacts.write_lineage(tmp, "convert", asked,
+                                {"trace": manifest["lineage"]["fingerprint"]})
     log.info("%s: %d compute ops (%s), %d FP32, %d casts, %.1f s -> %s", spec.name,
              report["compute_ops"], report["ops_by_dtype"], len(report["fp32_compute_ops"]),
              report["casts"], seconds, out_dir)

@@ -11,7 +11,9 @@ errors), artifacts/compile/<variant>/. Writes artifacts/evaluate/<variant>/:
   ops.csv         per-op diagnostics from the emulator
   placement.csv   per-op device under device.compute_units, and placement/placement_<units>.csv
                   for each setting; one schema for measured and estimated (backends/protocol.py)
-  run.json        where the numbers came from, the MLflow run id, timings
+  run.json        where the numbers came from (model, variant, emulator, first bad op)
+  lineage.json    what produced the folder (pipeline/artifacts.py)
+  timings.json    emulator wall time and the MLflow run id: untracked, differ every run
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from pipeline import artifacts, backends, metrics, tracking
+from pipeline import artifacts, backends, lineage, metrics, tracking
 from pipeline.backends import Backend, Settings
 from pipeline.cli import main_for
 from pipeline.config import artifacts_dir, to_dict, variant_dir
@@ -165,24 +167,48 @@ def placement_section(backend: Backend, settings: Settings, out_dir: Path) -> di
                                  for cu, s in by_units.items()}}
 
 
+def check_inputs(cfg: DictConfig) -> tuple[Path, dict, dict]:
+    """The trace, convert and compile folders this evaluation reads, checked against their
+    lineage: same model and precision as asked, and made from each other as they are now.
+    Returns (trace folder, trace manifest, upstream fingerprints)."""
+    variant, model = cfg.precision.name, cfg.model.name
+    trace_dir, manifest = artifacts.read_trace(artifacts_dir(cfg))
+    lineage.check_section(manifest["lineage"], "model", to_dict(cfg.model), trace_dir,
+                          f"python -m pipeline.trace model={model}")
+    trace_fp = manifest["lineage"]["fingerprint"]
+    upstream = {"trace": trace_fp}
+    convert_cmd = f"python -m pipeline.convert model={model} precision={variant}"
+    convert_dir = variant_dir(cfg, "convert")
+    converted = artifacts.open_output(convert_dir, convert_cmd)
+    lineage.check_section(converted, "precision", to_dict(cfg.precision), convert_dir, convert_cmd)
+    lineage.check_upstream(converted, "trace", trace_fp, convert_dir, convert_cmd)
+    upstream["convert"] = converted["fingerprint"]
+    compile_dir = variant_dir(cfg, "compile")
+    compile_cmd = f"python -m pipeline.compile model={model} precision={variant}"
+    compiled = artifacts.open_output(compile_dir, compile_cmd)
+    lineage.check_upstream(compiled, "convert", converted["fingerprint"], compile_dir, compile_cmd)
+    upstream["compile"] = compiled["fingerprint"]
+    ref_dir = variant_dir(cfg, "convert", REFERENCE_VARIANT)
+    if variant != REFERENCE_VARIANT and cfg.evaluate.diagnostics and ref_dir.is_dir():
+        ref_cmd = f"python -m pipeline.convert model={model} precision={REFERENCE_VARIANT}"
+        reference = artifacts.open_output(ref_dir, ref_cmd)
+        lineage.check_upstream(reference, "trace", trace_fp, ref_dir, ref_cmd)
+        upstream["convert_fp32"] = reference["fingerprint"]
+    return trace_dir, manifest, upstream
+
+
 def run(cfg: DictConfig) -> None:
     variant = cfg.precision.name
-    trace_dir, manifest = artifacts.read_trace(artifacts_dir(cfg))
+    trace_dir, manifest, upstream = check_inputs(cfg)
     package = variant_dir(cfg, "convert") / "model.mlpackage"
     compile_record_path = variant_dir(cfg, "compile") / "compile.json"
-    if not package.exists():
-        raise UserError(f"no converted package at {package}",
-                        f"run `python -m pipeline.convert precision={variant}` first")
-    if not compile_record_path.is_file():
-        raise UserError(f"variant '{variant}' is not compiled",
-                        f"run `python -m pipeline.compile precision={variant}` first")
     task = manifest.get("task_metric")
     if task and task not in metrics.TASK_METRICS:
         raise UserError(f"unknown model.task_metric '{task}'",
                         f"choose one of: {', '.join(metrics.TASK_METRICS)} (or null)")
     check_device(cfg)
     if cfg.tracking.enabled:
-        tracking.check_uri(cfg.tracking.uri)  # fail before the work, not after it
+        tracking.check_store(cfg.tracking.uri)  # fail before the work, not after it
     compile_record = artifacts.read_json(compile_record_path)
     compiled = (variant_dir(cfg, "compile") / compile_record["compiled"]
                 if compile_record.get("compiled") else None)
@@ -240,8 +266,7 @@ def run(cfg: DictConfig) -> None:
             "model": manifest["model"], "variant": variant, "backend": backend.name,
             "emulator": {"numerics": numerics_result["description"],
                          "device": cfg.evaluate.device,
-                         "native_fp16_fallbacks": fallbacks,
-                         "wall_seconds_not_core_ml_latency": round(emu_seconds, 3)},
+                         "native_fp16_fallbacks": fallbacks},
             "first_nonfinite_op": None if first is None else
             {"name": first.name, "op_type": first.op_type, "dtype": first.dtype,
              "source": "emulated"},
@@ -251,10 +276,19 @@ def run(cfg: DictConfig) -> None:
             "tolerance": tolerance,
         }
         artifacts.write_json(tmp / "metrics.json", result)
-        if cfg.tracking.enabled:
-            details["mlflow_run_id"] = log_to_mlflow(cfg, manifest, variant, backend.name,
-                                                     result, details, tmp, conversion)
         artifacts.write_json(tmp / "run.json", details)
+        artifacts.write_json(tmp / "conversion_report.json", conversion)
+        artifacts.write_lineage(tmp, "evaluate", {"model": {"name": manifest["model"]},
+                                                  "precision": {"name": variant},
+                                                  "evaluate": to_dict(cfg.evaluate),
+                                                  "device": to_dict(cfg.device),
+                                                  "backend": backend.name}, upstream)
+        # Wall time and the MLflow run id change on every run: untracked (timings.json).
+        timings = {"emulator_wall_seconds_not_core_ml_latency": round(emu_seconds, 3)}
+        if cfg.tracking.enabled:
+            timings["mlflow_run_id"] = log_to_mlflow(cfg, manifest, variant, backend.name,
+                                                     result, details, tmp, upstream, timings)
+        artifacts.write_json(tmp / "timings.json", timings)
     verdict = "PASSES" if accuracy["passes"] else "FAILS"
     lat = result["latency"]
     ms = (lat.get("measured_ms") or lat["estimated_ms"])[settings.compute_units]
@@ -267,7 +301,7 @@ def run(cfg: DictConfig) -> None:
 
 
 def log_to_mlflow(cfg, manifest, variant, backend, result, details, folder: Path,
-                  conversion: dict) -> str:
+                  upstream: dict, timings: dict) -> str:
     numbers, texts = tracking.split_numeric(tracking.flatten(result))
     numbers = tracking.metric_names(numbers)
     params = tracking.flatten({"model": to_dict(cfg.model), "precision": to_dict(cfg.precision),
@@ -280,9 +314,10 @@ def log_to_mlflow(cfg, manifest, variant, backend, result, details, folder: Path
             **{f"version.{k}": v for k, v in tracking.versions().items()},
             **tracking.dvc_stage_hashes(["trace", f"convert@{variant}", f"compile@{variant}"])}
     tags["numerics"] = result["numerics"]["description"]
+    tags.update({f"lineage.{k}": v for k, v in upstream.items()})
+    numbers.update(timings)
     if details.get("first_nonfinite_op"):
         tags["first_nonfinite_op"] = details["first_nonfinite_op"]["name"]
-    artifacts.write_json(folder / "conversion_report.json", conversion)
     files = [folder / "metrics.json", folder / "ops.csv", folder / "conversion_report.json",
              folder / "placement.csv", *sorted((folder / "placement").glob("*.csv"))]
     experiment = cfg.tracking.experiment or manifest["model"]

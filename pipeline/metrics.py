@@ -103,9 +103,9 @@ def accuracy(reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarr
     worst["passes"] = int(worst["nonfinite_fraction"] == 0 and worst["cosine_min"] >= min_cos
                           and worst["snr_db"] >= min_snr
                           and (allow_internal or not internal_nonfinite_ops))
-    result = dict(worst)
+    result = rounded(worst)
     if len(per_output) > 1:
-        result["outputs"] = per_output
+        result["outputs"] = {k: rounded(v) for k, v in per_output.items()}
     return result
 
 
@@ -115,3 +115,19 @@ def program_accuracy(reference: Mapping[str, np.ndarray], per_sample: list[Mappi
     """``accuracy`` of one program's outputs given sample by sample (as the emulator runs)."""
     stacked = {k: np.stack([o[k] for o in per_sample]) for k in per_sample[0]}
     return accuracy(reference, stacked, tolerance, task_metric, internal_nonfinite_ops)
+
+
+def _sig(x: float, digits: int) -> float:
+    return float(f"{x:.{digits}g}") if np.isfinite(x) else x
+
+
+# Digits that are stable from run to run and close to stable across machines (README,
+# "Reproducibility"): pass/fail is decided on the unrounded values.
+ROUNDING = {"snr_db": lambda x: round(x, 2), "psnr_db": lambda x: round(x, 2),
+            "cosine_min": lambda x: round(x, 6), "cosine_mean": lambda x: round(x, 6),
+            "max_abs_error": lambda x: _sig(x, 4), "max_rel_error": lambda x: _sig(x, 4),
+            "nonfinite_fraction": lambda x: round(x, 6)}
+
+
+def rounded(metrics: Mapping[str, float]) -> dict:
+    return {k: ROUNDING[k](float(v)) if k in ROUNDING else v for k, v in metrics.items()}

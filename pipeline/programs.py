@@ -179,3 +179,38 @@ def virtual_records(records: list, dtypes: Mapping[str, str]) -> list:
             current = dtype
         out.append(retype(r, dtype))
     return [replace(r, index=i) for i, r in enumerate(out)]
+
+
+def make_deterministic(package: Path) -> None:
+    """Make a saved package's bytes depend on the program alone: coremltools names the
+    package's items with random UUIDs (Manifest.json; renamed here from path and content with
+    uuid5), stamps the conversion date, and writes protobuf maps in hash order."""
+    import hashlib
+    import json
+    import uuid
+
+    from coremltools.proto import Model_pb2
+
+    # The model spec: protobuf maps in sorted order, and no conversion date in the metadata.
+    spec_path = next(Path(package).glob("Data/com.apple.CoreML/*.mlmodel"))
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    spec.description.metadata.userDefined.pop("com.github.apple.coremltools.conversion_date", None)
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+    manifest_path = Path(package) / "Manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entries = manifest.get("itemInfoEntries") or {}
+    renamed = {}
+    for old, info in entries.items():
+        item = Path(package) / "Data" / info.get("path", "")
+        digest = hashlib.sha256()
+        for f in sorted([item] if item.is_file() else item.rglob("*")):
+            if f.is_file():
+                digest.update(f"{f.relative_to(item.parent)}\0".encode() + f.read_bytes())
+        digest = digest.hexdigest()
+        renamed[old] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{info.get('path')}:{digest}")).upper()
+    manifest["itemInfoEntries"] = {renamed[k]: v for k, v in sorted(entries.items(),
+                                                                     key=lambda kv: renamed[kv[0]])}
+    if manifest.get("rootModelIdentifier") in renamed:
+        manifest["rootModelIdentifier"] = renamed[manifest["rootModelIdentifier"]]
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

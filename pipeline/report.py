@@ -18,9 +18,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pipeline import artifacts, tracking
+from pipeline import artifacts, lineage, tracking
 from pipeline.cli import main_for
-from pipeline.config import artifacts_dir
+from pipeline.config import artifacts_dir, to_dict
 from pipeline.emulator.diagnostics import read_table
 from pipeline.errors import UserError
 
@@ -28,14 +28,22 @@ log = logging.getLogger("pipeline.report")
 ORDER = {"fp32": 0, "fp16": 1, "mixed": 2, "auto": 3}
 
 
-def collect(cfg: DictConfig, model: str) -> list[dict]:
+def collect(cfg: DictConfig, model: str, trace_fp: str) -> list[dict]:
     variants = []
     root = artifacts_dir(cfg) / "evaluate"
     for folder in sorted(root.glob("*/")):
         if not (folder / "metrics.json").is_file() or not (folder / "run.json").is_file():
             continue
+        record = artifacts.open_output(folder, f"python -m pipeline.evaluate model={model} "
+                                               f"precision={folder.name}")
         run = artifacts.read_json(folder / "run.json")
         if run.get("model") != model:
+            continue
+        made_from = (record.get("upstream") or {}).get("trace")
+        if made_from != trace_fp:  # evaluated on an earlier trace: not comparable
+            log.warning("skipping %s: evaluated on trace %s, the trace is now %s (re-run "
+                        "`python -m pipeline.evaluate model=%s precision=%s`)", folder,
+                        made_from, trace_fp, model, folder.name)
             continue
         variants.append({"name": run["variant"], "run": run,
                          "metrics": artifacts.read_json(folder / "metrics.json"),
@@ -272,9 +280,13 @@ def write_csvs(variants: list[dict], folder: Path) -> None:
 
 
 def run(cfg: DictConfig) -> None:
-    _, manifest = artifacts.read_trace(artifacts_dir(cfg))
+    if cfg.tracking.enabled:
+        tracking.check_store(cfg.tracking.uri)  # fail before the work, not after it
+    trace_dir, manifest = artifacts.read_trace(artifacts_dir(cfg))
+    lineage.check_section(manifest["lineage"], "model", to_dict(cfg.model), trace_dir,
+                          f"python -m pipeline.trace model={cfg.model.name}")
     model = manifest["model"]
-    variants = collect(cfg, model)
+    variants = collect(cfg, model, manifest["lineage"]["fingerprint"])
     best = recommend(variants)
     limit = float(cfg.report.fp16_limit)
     out_dir = artifacts_dir(cfg) / "report"
@@ -282,6 +294,9 @@ def run(cfg: DictConfig) -> None:
         (tmp / "report.md").write_text(markdown(model, variants, best, limit))
         write_csvs(variants, tmp)
         plots(variants, tmp, limit)
+        artifacts.write_lineage(tmp, "report", {"model": {"name": model}, "report": {"fp16_limit": limit}},
+                                {f"evaluate/{v['name']}": artifacts.fingerprint(
+                                    artifacts_dir(cfg) / "evaluate" / v["name"]) for v in variants})
         if cfg.tracking.enabled:
             files = [tmp / n for n in ("report.md", "tradeoff.png", "ops.png", "tradeoff.csv")]
             numbers = {"variants_passing": sum(v["metrics"]["accuracy"]["passes"] for v in variants)}

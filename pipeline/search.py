@@ -277,7 +277,7 @@ def config_yaml(spec: precision.PrecisionSpec, result: SearchResult, target: Tar
 
     header = (f"# Found by precision=auto for model '{model}': target {target.describe()}.\n"
               f"# {len(result.keep_fp32)} of {result.float_ops} float ops kept FP32, "
-              f"{result.evaluations} evaluations, {result.seconds:.1f} s.\n"
+              f"{result.evaluations} evaluations.\n"
               f"# Verified by a real conversion: SNR {verified['snr_db']:.1f} dB, "
               f"cosine min {verified['cosine_min']:.6f} (emulated).\n")
     body = {"name": spec.name, "compute": "mixed", "fp32_ops": [], "fp32_regions": [],
@@ -360,7 +360,7 @@ def log_search(cfg, model: str, result: SearchResult, target: Target, verified: 
 def search_record(result: SearchResult, target: Target, verified: dict) -> dict:
     return {"target": target.describe(), "fp32_ops": result.keep_fp32,
             "float_ops": result.float_ops, "evaluations": result.evaluations,
-            "bound_2klog2n": round(result.bound(), 1), "seconds": round(result.seconds, 2),
+            "bound_2klog2n": round(result.bound(), 1),
             "candidates": result.candidates, "verified": verified,
             "latency_est_ms": result.latency_ms,
             "trials": [t.__dict__ for t in result.trials]}

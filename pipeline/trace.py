@@ -50,6 +50,8 @@ def run(cfg: DictConfig) -> None:
     if method not in METHODS:
         raise UserError(f"unknown trace.method '{method}'", f"choose one of: {', '.join(METHODS)}")
     model_cfg = to_dict(cfg.model)
+    out_dir = artifacts_dir(cfg) / "trace"
+    artifacts.check_replaceable(out_dir, is_dir=True)  # before the work
     torch.manual_seed(int(model_cfg.get("seed") or 0))
     model = TupleOutputs(models.build_model(model_cfg)).eval()
     inputs = models.make_inputs(model_cfg)
@@ -71,9 +73,13 @@ def run(cfg: DictConfig) -> None:
                                  "check model.inputs shapes and dtypes against the model") from None
     eager_s = (time.perf_counter() - started) / n
     names = output_names(model_cfg, len(refs[0]))
+    check_reference(refs, names)
     example = tuple(torch.from_numpy(inputs[s.name][0]) for s in specs)
+    artifacts.check_free_space(out_dir.parent, sum(
+        p.numel() * p.element_size() for p in model.state_dict().values())
+        + sum(a.nbytes for a in inputs.values()) + sum(o.nbytes for r in refs for o in r),
+        "the traced model, inputs and reference")
 
-    out_dir = artifacts_dir(cfg) / "trace"
     with artifacts.atomic_path(out_dir, is_dir=True) as tmp:
         started = time.perf_counter()
         try:
@@ -88,13 +94,14 @@ def run(cfg: DictConfig) -> None:
         except UserError:
             raise
         except Exception as exc:
+            artifacts.raise_if_disk_full(tmp, exc)
             raise StageError("trace", f"torch.{'jit.trace' if method == 'jit' else 'export'} "
                              f"raised {exc.__class__.__name__}: {str(exc).strip().splitlines()[0]}",
                              "try trace.method=export (or jit), or simplify the model's forward") from None
         trace_s = time.perf_counter() - started
-        np.savez(tmp / "inputs.npz", **inputs)
-        np.savez(tmp / "reference.npz", **{name: np.stack([r[j] for r in refs])
-                                           for j, name in enumerate(names)})
+        artifacts.write_npz(tmp / "inputs.npz", inputs)
+        artifacts.write_npz(tmp / "reference.npz", {name: np.stack([r[j] for r in refs])
+                                                    for j, name in enumerate(names)})
         artifacts.write_json(tmp / "manifest.json", {
             "model": model_cfg["name"],
             "method": method,
@@ -106,10 +113,22 @@ def run(cfg: DictConfig) -> None:
             "task_metric": model_cfg.get("task_metric"),
             "parameters": sum(p.numel() for p in model.parameters()),
             "torch_version": torch.__version__,
-            "trace_seconds": round(trace_s, 3),
-            "eager_forward_seconds": round(eager_s, 4),
         })
-    log.info("traced %s with %s in %.1f s -> %s", model_cfg["name"], method, trace_s, out_dir)
+        artifacts.write_lineage(tmp, "trace", {"model": model_cfg, "trace": to_dict(cfg.trace)}, {})
+    # Timings only in the log: the trace folder's bytes depend on the config alone.
+    log.info("traced %s with %s in %.1f s (eager forward %.3f s) -> %s", model_cfg["name"],
+             method, trace_s, eager_s, out_dir)
+
+
+def check_reference(refs: list[tuple], names: list[str]) -> None:
+    """A reference with NaN or Inf cannot judge anything: refuse it, saying how much."""
+    for j, name in enumerate(names):
+        values = np.stack([r[j] for r in refs])
+        bad = float(np.mean(~np.isfinite(values)))
+        if bad:
+            raise UserError(f"the PyTorch reference output '{name}' is {100 * bad:.1f}% NaN/Inf",
+                            "check model.checkpoint (or the model's weights and inputs): the FP32 "
+                            "reference must be finite")
 
 
 def main() -> None:

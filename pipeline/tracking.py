@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 import platform
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -123,22 +124,71 @@ def _local_db(uri: str) -> Path | None:
 
 
 def check_uri(uri: str) -> None:
+    """A remote URI must answer as an MLflow server; a local one must be a known scheme."""
     if uri.startswith(("http://", "https://")):
         import urllib.error
         import urllib.request
 
+        fix = "start the server, or use tracking.uri=sqlite:///mlflow.db (or tracking.enabled=false)"
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as resp:
-                if resp.status >= 400:
-                    raise OSError(f"HTTP {resp.status}")
+                body = resp.read(64).decode("utf-8", "replace").strip()
+        except urllib.error.HTTPError as exc:
+            raise UserError(f"tracking URI '{uri}' answers, but not as an MLflow server "
+                            f"(GET /health gave HTTP {exc.code})", fix) from None
         except (OSError, urllib.error.URLError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise UserError(f"MLflow tracking URI '{uri}' does not answer ({reason})",
-                            "start the server, or use tracking.uri=sqlite:///mlflow.db "
-                            "(or tracking.enabled=false)") from None
+            raise UserError(f"MLflow tracking URI '{uri}' does not answer ({reason})", fix) from None
+        if body != "OK":
+            raise UserError(f"tracking URI '{uri}' answers, but not as an MLflow server "
+                            f"(GET /health gave {body[:30]!r}, MLflow says 'OK')", fix)
     elif not uri.startswith(("sqlite:///", "file:", "databricks", "postgresql", "mysql")):
         raise UserError(f"unsupported MLflow tracking URI '{uri}'",
                         "use sqlite:///mlflow.db or http(s)://host:port")
+
+
+def check_store(uri: str) -> None:
+    """Everything about the store that can be checked before the work: the server answers;
+    a local database is a readable, writable SQLite file that is not locked, and the run
+    artifacts folder (./mlruns) can be written."""
+    check_uri(uri)
+    db = _local_db(uri)
+    if db is None:
+        return
+    fix = (f"move '{db}' away (MLflow makes a new one), or set tracking.uri=sqlite:///OTHER.db "
+           "(or tracking.enabled=false)")
+    if db.is_dir():
+        raise UserError(f"MLflow store '{db}' is a directory, not an SQLite file", fix)
+    _check_writable(db.parent if not db.exists() else db, "MLflow store")
+    _check_writable(Path("mlruns") if Path("mlruns").exists() else Path("."),
+                    "MLflow artifact folder")
+    if db.exists() and db.stat().st_size:
+        import sqlite3
+
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=5)
+            try:
+                con.execute("BEGIN IMMEDIATE")  # fails fast if another writer holds it
+                con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                con.execute("ROLLBACK")
+            finally:
+                con.close()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise UserError(f"MLflow store '{db}' is locked by another process (waited 5 s)",
+                                "wait for the other run to end, or stop the process holding "
+                                "it (fuser mlflow.db)") from None
+            raise UserError(f"MLflow store '{db}' cannot be opened ({exc})", fix) from None
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"MLflow store '{db}' is not a readable SQLite database ({exc})",
+                            fix) from None
+
+
+def _check_writable(path: Path, what: str) -> None:
+    if not os.access(path, os.W_OK):
+        raise UserError(f"{what} '{path}' is not writable (read-only or no permission)",
+                        "make it writable, or set tracking.uri to a writable place "
+                        "(or tracking.enabled=false)")
 
 
 @contextlib.contextmanager
@@ -156,34 +206,80 @@ def store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+RUN_PID, RUN_HOST = "pipeline.pid", "pipeline.host"
+
+
+def close_orphans(client, exp_id: str) -> int:
+    """Runs this host started whose process is gone (killed with SIGKILL, power loss) are
+    still RUNNING: mark them KILLED. Returns how many."""
+    from pipeline.artifacts import _pid_alive
+
+    closed = 0
+    runs = client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'",
+                              max_results=1000)
+    for run in runs:
+        tags = run.data.tags
+        if tags.get(RUN_HOST) != socket.gethostname():
+            continue
+        try:
+            pid = int(tags.get(RUN_PID, ""))
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            client.set_terminated(run.info.run_id, "KILLED")
+            log.warning("MLflow: run %s (pid %d, gone) was left RUNNING; marked KILLED",
+                        run.info.run_id, pid)
+            closed += 1
+    return closed
+
+
 def log_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any],
             metrics: Mapping[str, float], tags: Mapping[str, str],
             artifact_files: list[Path], series: Mapping[str, list[float]] | None = None) -> str:
-    """Create one new MLflow run with everything in it; returns its run id."""
+    """Create one new MLflow run with everything in it; returns its run id.
+
+    The run always ends: FINISHED, FAILED (an error) or KILLED (interrupted). Its pid and
+    host are tags, so a run orphaned by SIGKILL is closed by the next one (close_orphans).
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    check_uri(uri)
+    check_store(uri)
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
+    run_id = None
     with store_lock(uri):
         client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-        run = client.create_run(exp_id, run_name=run_name, tags=dict(tags))
-        run_id = run.info.run_id
-        now = int(time.time() * 1000)
-        points = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-        points += [Metric(k, float(v), now, step) for k, vs in (series or {}).items()
-                   for step, v in enumerate(vs)]
-        for start in range(0, max(1, len(points)), 900):  # MLflow takes 1000 per batch
-            client.log_batch(run_id, metrics=points[start:start + 900],
-                             params=[Param(k, str(v)[:6000]) for k, v in params.items()]
-                             if start == 0 else [])
-        for path in artifact_files:
-            if path.is_file():
-                client.log_artifact(run_id, str(path))
-        client.set_terminated(run_id, "FINISHED")
+        try:
+            exp = client.get_experiment_by_name(experiment)
+            exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+            close_orphans(client, exp_id)
+            run = client.create_run(exp_id, run_name=run_name, tags={
+                **tags, RUN_PID: str(os.getpid()), RUN_HOST: socket.gethostname()})
+            run_id = run.info.run_id
+            now = int(time.time() * 1000)
+            points = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+            points += [Metric(k, float(v), now, step) for k, vs in (series or {}).items()
+                       for step, v in enumerate(vs)]
+            for start in range(0, max(1, len(points)), 900):  # MLflow takes 1000 per batch
+                client.log_batch(run_id, metrics=points[start:start + 900],
+                                 params=[Param(k, str(v)[:6000]) for k, v in params.items()]
+                                 if start == 0 else [])
+            for path in artifact_files:
+                if path.is_file():
+                    client.log_artifact(run_id, str(path))
+            client.set_terminated(run_id, "FINISHED")
+        except BaseException as exc:
+            if run_id is not None:
+                status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+                with contextlib.suppress(Exception):
+                    client.set_terminated(run_id, status)
+            if isinstance(exc, (UserError, KeyboardInterrupt, SystemExit, OSError)):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UserError(f"MLflow store '{uri}' failed while logging ({type(exc).__name__}: "
+                            f"{first})", "check the store (or set tracking.enabled=false); the "
+                            "run, if created, was marked FAILED") from None
     log.info("MLflow: run %s (%s) in experiment '%s' at %s", run_id, run_name, experiment, uri)
     return run_id

@@ -89,7 +89,9 @@ def test_editing_mixed_config_reruns_only_mixed(repo):
     cfg = path / "conf" / "precision" / "mixed.yaml"
     cfg.write_text(cfg.read_text() + "# edited\n")
     out = sh("dvc repro", path).stdout
-    assert sorted(ran_stages(out)) == ["compile@mixed", "convert@mixed", "evaluate@mixed", "report"]
+    # Only convert@mixed re-runs: a comment changes nothing, the package comes out byte-identical
+    # (tracked outputs are deterministic), so DVC has nothing to re-run downstream.
+    assert ran_stages(out) == ["convert@mixed"]
 
 
 def kill_during(path: Path, stage: str) -> None:
@@ -98,7 +100,7 @@ def kill_during(path: Path, stage: str) -> None:
 
     kind, variant = stage.split("@")
     # dvc itself is our child (no shell in between), so we reap it and its PID really ends
-    proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=path, env=env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen([str(BIN / "dvc"), "repro", "--force-downstream"], cwd=path, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
@@ -128,7 +130,7 @@ def test_sigkill_leaves_nothing_half_written_and_repro_recovers(repo, stage):
     # temporary sibling, so the real folder is absent or empty
     assert not target.exists() or not any(target.iterdir())
     assert list(target.parent.glob(".mixed.*.tmp"))  # the half-written one, set aside
-    out = sh("dvc repro", path).stdout
+    out = sh("dvc repro --force-downstream", path).stdout  # identical outputs stop the chain
     assert stage in ran_stages(out)
     assert not list(target.parent.glob(".mixed.*.tmp"))  # the dead writer's leftovers cleaned
     assert (target / COMPLETE[kind]).is_file()

@@ -127,8 +127,9 @@ def test_input_data_file_missing_and_mismatched(stage, tmp_path):
 
 
 def test_unconvertible_model_names_stage_and_op(stage, tmp_path):
-    traced(stage, "model=custom", "model._target_=tests.bad_models.unconvertible")
-    code, err = stage("convert", "model=custom", "precision=fp16")
+    model = ["model=custom", "model._target_=tests.bad_models.unconvertible"]
+    traced(stage, *model)
+    code, err = stage("convert", *model, "precision=fp16")
     assert code == 2 and err.startswith("error: convert failed:") and "'histc'" in err
     assert not (tmp_path / "artifacts" / "convert" / "fp16").exists()
 
@@ -138,7 +139,7 @@ def test_stage_order_mistakes(stage):
     assert code == 2 and "run `python -m pipeline.trace` first" in err
     traced(stage, "model=tiny")
     code, err = stage("evaluate", "model=tiny", "precision=fp16")
-    assert code == 2 and "run `python -m pipeline.convert precision=fp16` first" in err
+    assert code == 2 and "run `python -m pipeline.convert model=tiny precision=fp16` first" in err
 
 
 def test_tracking_uri_that_does_not_answer(stage, tmp_path):

@@ -60,10 +60,15 @@ def load_program(package: str | Path):
         import coremltools as ct
         from coremltools.converters.mil.frontend.milproto.load import load
 
-        mlmodel = ct.models.MLModel(str(package), skip_model_load=True)
-        spec = mlmodel.get_spec()
-        return load(spec, specification_version=spec.specificationVersion,
-                    file_weights_dir=mlmodel.weights_dir)
+        try:
+            mlmodel = ct.models.MLModel(str(package), skip_model_load=True)
+            spec = mlmodel.get_spec()
+            return load(spec, specification_version=spec.specificationVersion,
+                        file_weights_dir=mlmodel.weights_dir)
+        except Exception as exc:  # coremltools and protobuf raise many kinds on a damaged package
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise UserError(f"Core ML package {package} cannot be loaded ({type(exc).__name__}: "
+                            f"{first})", "re-run the convert stage for this variant") from None
 
 
 def dtype_str(var) -> str:

@@ -1,8 +1,9 @@
 """Build any model from its Hydra config, load a checkpoint, make its evaluation inputs.
 
-A model config (conf/model/*.yaml) holds the builder (`_target_` plus its keyword arguments)
-and these keys, which the pipeline reads and does not pass to the builder:
-  name, checkpoint, inputs, outputs, data, samples, seed, tolerance, task_metric.
+A model config (conf/model/*.yaml, schema `ModelConf` in pipeline/schema.py) holds the
+builder (`_target_`), its keyword arguments (`args`), and the pipeline's own keys: name,
+seed, checkpoint, inputs, outputs, data, samples, tolerance, task_metric. `seed` is passed to
+a builder that takes one (the synthetic weights) and seeds generated inputs.
 """
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
-META_KEYS = {"name", "checkpoint", "inputs", "outputs", "data", "samples", "seed", "tolerance",
-             "task_metric"}
 DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64}
 
 
@@ -82,18 +81,52 @@ def build_model(model_cfg: Mapping[str, Any]) -> torch.nn.Module:
         raise UserError(f"model '{model_cfg.get('name')}' has no _target_",
                         "set model._target_=my_pkg.build_model")
     builder = _import_target(str(target))
-    kwargs = {k: v for k, v in model_cfg.items() if k not in META_KEYS and k != "_target_"}
+    kwargs = dict(model_cfg.get("args") or {})
+    seed = model_cfg.get("seed")
+    takes_seed = _accepts(builder, "seed")
+    if seed is not None and takes_seed:
+        kwargs.setdefault("seed", int(seed))
+    check_seed_used(model_cfg, takes_seed and not model_cfg.get("checkpoint"),
+                    not model_cfg.get("checkpoint") and not getattr(builder, "pretrained", False))
     try:
         model = builder(**kwargs)
     except TypeError as exc:
         raise UserError(f"building model '{target}' failed: {exc}",
-                        "check the model config's keyword arguments") from None
+                        "check the keys under model.args against the builder's arguments") from None
     if not isinstance(model, torch.nn.Module):
         raise UserError(f"model._target_ '{target}' returned {type(model).__name__}, not a "
                         "torch.nn.Module", "return the model instance from the builder")
     if model_cfg.get("checkpoint"):
         load_checkpoint(model, Path(str(model_cfg["checkpoint"])))
     return model.eval()
+
+
+def _accepts(fn, name: str) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def generated_inputs(model_cfg: Mapping[str, Any]) -> bool:
+    data = model_cfg.get("data") or {}
+    return not data.get("_target_") and not data.get("file")
+
+
+def check_seed_used(model_cfg: Mapping[str, Any], seeds_builder: bool, seeds_torch_init: bool) -> None:
+    """model.seed must seed something: the builder's weights, torch's initialisation, or
+    generated inputs. Otherwise a non-default seed is refused rather than ignored."""
+    seed = model_cfg.get("seed")
+    if seed in (None, 0) or seeds_builder or seeds_torch_init or generated_inputs(model_cfg):
+        return
+    why = ("the weights come from model.checkpoint" if model_cfg.get("checkpoint")
+           else "the model's weights are pretrained")
+    raise UserError(f"model.seed={seed} would change nothing for model '{model_cfg.get('name')}': "
+                    f"{why} and its inputs come from model.data",
+                    "drop model.seed (to vary generated inputs use model.data.seed)")
 
 
 def load_checkpoint(model: torch.nn.Module, path: Path) -> None:
@@ -131,20 +164,36 @@ def load_checkpoint(model: torch.nn.Module, path: Path) -> None:
 def make_inputs(model_cfg: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Evaluation inputs, each an array [samples, *shape], checked against the input spec."""
     specs = input_specs(model_cfg)
-    data = model_cfg.get("data")
-    count = int(model_cfg.get("samples") or 4)
+    data = dict(model_cfg.get("data") or {})
+    count = model_cfg.get("samples")
+    count = 4 if count is None else int(count)
     seed = int(model_cfg.get("seed") or 0)
-    if data and data.get("_target_"):
+    for key, value in (("model.samples", count), ("model.data.count", data.get("count"))):
+        if value is not None and int(value) < 1:
+            raise UserError(f"{key}={value}: the evaluation needs at least one sample",
+                            f"set {key} to 1 or more")
+    n = int(data.get("count") or 0) or (count if generated_inputs(model_cfg) else 16)
+    check_memory(specs, n)
+    if data.get("_target_"):
         maker = _import_target(str(data["_target_"]))
-        kwargs = {k: v for k, v in data.items() if k != "_target_"}
-        arrays = maker(inputs=[{"name": s.name, "shape": list(s.shape), "dtype": s.dtype}
-                               for s in specs], **kwargs)
-    elif data and data.get("file"):
+        kwargs = {k: v for k, v in data.items()
+                  if k not in ("_target_", "file", "args") and v is not None}
+        kwargs.update(data.get("args") or {})
+        try:
+            arrays = maker(inputs=[{"name": s.name, "shape": list(s.shape), "dtype": s.dtype}
+                                   for s in specs], **kwargs)
+        except TypeError as exc:
+            raise UserError(f"model.data._target_ '{data['_target_']}' failed: {exc}",
+                            "check the keys under model.data against the function's arguments") from None
+        source = f"model.data._target_ {data['_target_']}"
+    elif data.get("file"):
         path = Path(str(data["file"]))
         if not path.is_file():
             raise UserError(f"input data file '{path}' not found", "give an .npz with one array per input")
-        with np.load(path) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        from pipeline.artifacts import read_npz
+
+        arrays = read_npz(path, fix="give an .npz written by numpy.savez, one array per input")
+        source = f"input data file '{path}'"
     else:
         rng = np.random.default_rng(seed)
         arrays = {}
@@ -161,10 +210,39 @@ def make_inputs(model_cfg: Mapping[str, Any]) -> dict[str, np.ndarray]:
                 lo = -1.0 if s.low is None else s.low
                 hi = 1.0 if s.high is None else s.high
                 arrays[s.name] = rng.uniform(lo, hi, shape).astype(DTYPES[s.dtype])
-    return check_inputs(specs, arrays)
+        source = "generated inputs"
+    return check_inputs(specs, arrays, source)
 
 
-def check_inputs(specs: list[InputSpec], arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def available_memory() -> int:
+    """Bytes this machine can still allocate (MemAvailable), or 0 when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+# Working copies per input value while making and tracing inputs (image, normalized copy,
+# batch, torch tensor, reference output and the model's first activations): a lower bound.
+MEMORY_FACTOR = 8
+
+
+def check_memory(specs: list["InputSpec"], samples: int) -> None:
+    need = sum(int(np.prod(s.shape, dtype=np.float64)) * np.dtype(DTYPES[s.dtype]).itemsize
+               for s in specs) * samples * MEMORY_FACTOR
+    have = available_memory()
+    if have and need > have:
+        shapes = ", ".join(f"{s.name}{list(s.shape)}" for s in specs)
+        raise UserError(f"inputs {shapes} x {samples} samples need about {need / 2**30:.1f} GiB, "
+                        f"this machine has {have / 2**30:.1f} GiB available",
+                        "use a smaller model.inputs shape or fewer samples")
+
+
+def check_inputs(specs: list[InputSpec], arrays: Mapping[str, np.ndarray],
+                 source: str = "input data") -> dict[str, np.ndarray]:
     out = {}
     for s in specs:
         if s.name not in arrays:
@@ -177,5 +255,11 @@ def check_inputs(specs: list[InputSpec], arrays: Mapping[str, np.ndarray]) -> di
                             "fix model.inputs[].shape or the data")
         if arr.shape == s.shape:
             arr = arr[None]
+        if len(arr) == 0:
+            raise UserError(f"{source}: input '{s.name}' has no samples", "give at least one sample")
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            bad = np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1))
+            raise UserError(f"{source}: input '{s.name}' holds NaN or Inf (sample(s) "
+                            f"{bad[:5].tolist()})", "give finite input values")
         out[s.name] = arr.astype(DTYPES[s.dtype])
     return out

@@ -201,10 +201,25 @@ def _synthetic_image(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _load_image(path: Path, size: int) -> np.ndarray:
-    from PIL import Image
+    """An image file as 0..255 RGB floats, HxWx3. 16-bit images are scaled (not clipped)."""
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32)
+    from pipeline.errors import UserError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode.startswith("I"):  # 16- or 32-bit grey: PIL's RGB convert would clip
+                grey = np.asarray(im, dtype=np.float64)
+                full = 65535.0 if im.mode.startswith("I;16") or grey.max() > 255 else 255.0
+                grey = Image.fromarray((grey * (255.0 / full)).astype(np.float32), mode="F")
+                rgb = np.stack([np.asarray(grey.resize((size, size)), dtype=np.float32)] * 3, -1)
+                return np.clip(rgb, 0.0, 255.0)
+            return np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserError(f"image '{path}' cannot be read ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})",
+                        "remove it from model.data.folder or replace it with a real image") from None
 
 
 def sample_images(inputs: Sequence[dict], count: int = 4, seed: int = 0,

@@ -39,7 +39,7 @@ class KeywordModel(nn.Module):
 
 
 def build(architecture: str, config: Mapping[str, Any] | None = None,
-          forward_args: Sequence[str] = ("input_ids",)) -> nn.Module:
+          forward_args: Sequence[str] = ("input_ids",), seed: int = 0) -> nn.Module:
     try:
         import transformers
     except ImportError:
@@ -49,7 +49,7 @@ def build(architecture: str, config: Mapping[str, Any] | None = None,
     config_class = getattr(model_class, "config_class", None)
     if model_class is None or config_class is None:
         raise UserError(f"model.architecture '{architecture}' is not a transformers model class",
-                        "name one, e.g. model.architecture=BertModel")
+                        "name one, e.g. model.args.architecture=BertModel")
     settings = dict(config or {})
     if hasattr(config_class(), "use_cache"):
         settings.setdefault("use_cache", False)  # one forward pass: no KV cache among the outputs
@@ -57,6 +57,7 @@ def build(architecture: str, config: Mapping[str, Any] | None = None,
         hf_config = config_class(**settings)
     except (TypeError, ValueError) as exc:
         raise UserError(f"{config_class.__name__}({settings}) failed: {exc}",
-                        "fix model.config") from None
+                        "fix model.args.config") from None
+    torch.manual_seed(seed)  # random initialisation, seeded by model.seed
     model = model_class(hf_config)
     return KeywordModel(model, forward_args).eval()

@@ -144,6 +144,9 @@ def build(mask_value: float = -10000.0) -> nn.Module:
     return model.eval()
 
 
+build.pretrained = True  # type: ignore[attr-defined]  # model.seed has nothing to seed
+
+
 def tokenize(inputs: Sequence[dict], sentences_file: str | None = None,
              count: int | None = None) -> dict[str, np.ndarray]:
     """Token ids and attention masks for the shipped sentences, padded to the input length."""

@@ -122,10 +122,27 @@ def validate(cfg: DictConfig) -> None:
     if mode is not None and mode not in ("fp32_compute", "native_fp16"):
         raise UserError(f"unknown evaluate.emulator_mode '{mode}'",
                         "use evaluate.numerics=device|ieee|native_fp16 (emulator_mode is legacy)")
-    from pipeline.emulator.numerics import numerics_from
-    numerics_from(cfg)  # a bad evaluate.numerics or numerics_profile fails here
+    check_numerics(cfg.evaluate.get("numerics") or "device", cfg.evaluate.get("numerics_profile"))
     for key in ("precision.name", "model.name"):
         check_name(key, OmegaConf.select(cfg, key))
+
+
+NUMERICS = ("device", "ieee", "native_fp16")  # evaluate.numerics (pipeline/emulator/numerics)
+NUMERICS_ALIASES = {"fp32_compute": "ieee"}    # the former evaluate.emulator_mode names
+PROFILE_DIR = Path(__file__).resolve().parent / "emulator" / "numerics" / "profiles"
+
+
+def check_numerics(mode: str, profile: str | None) -> str:
+    """evaluate.numerics (aliases resolved) after checking it and evaluate.numerics_profile:
+    a published profile's name or a measured profile's file."""
+    mode = NUMERICS_ALIASES.get(mode, mode)
+    if mode not in NUMERICS:
+        raise UserError(f"unknown evaluate.numerics '{mode}'",
+                        f"choose one of: {', '.join(NUMERICS)} (or fp32_compute, = ieee)")
+    if profile and not (PROFILE_DIR / f"{profile}.yaml").is_file() and not Path(profile).is_file():
+        raise UserError(f"unknown numerics profile '{profile}'",
+                        "use ne, gpu, cpu, ieee, or a profile file from `python -m pipeline.probe`")
+    return mode
 
 
 def check_name(key: str, value) -> None:

@@ -112,11 +112,11 @@ def test_stage_deps_and_params_cover_what_it_imports_and_reads(name, stage):
 
 def test_the_walk_finds_lazy_imports_and_settings():
     """The derivation itself: convert imports search inside a function, and search reads
-    cfg.search and cfg.evaluate (the emulator's mode and device)."""
+    cfg.search, cfg.evaluate (the emulator's device) and cfg.tracking."""
     files = {p.relative_to(REPO).as_posix() for p in closure("pipeline.convert")}
     assert {"pipeline/search.py", "pipeline/precision.py", "pipeline/emulator/runtime.py"} <= files
     config = yaml.safe_load((REPO / "conf" / "config.yaml").read_text())
     read = settings_read({REPO / "pipeline" / "search.py"}, set(config))
-    assert {"search.max_evaluations", "evaluate.emulator_mode", "evaluate.device"} <= read
-    assert uncovered(read, {"search", "evaluate.emulator_mode"}) == {"evaluate.device"} | {
+    assert {"search.max_evaluations", "evaluate.device", "tracking.uri"} <= read
+    assert uncovered(read, {"search"}) == {"evaluate.device"} | {
         r for r in read if r.split(".")[0] not in ("search", "evaluate")}

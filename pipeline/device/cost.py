@@ -15,10 +15,20 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.device.chips import Chip
-from pipeline.placement import NE_UNSUPPORTED
 from pipeline.programs import OpRecord
 
 UNITS = ("NE", "GPU", "CPU")
+# Op types that never run on the Neural Engine: gather-style indexing, sorting, scatter,
+# control flow, recurrent layers, random draws (hollance/neural-engine docs/unsupported-layers.md:
+# RNN/LSTM/GRU, gather, custom layers; roboflow/rf-detr issue 1495: topk and its gathers leave
+# the NE; stablehlo-coreml issue 110).
+NE_UNSUPPORTED = {
+    "gather", "gather_nd", "gather_along_axis", "scatter", "scatter_nd", "scatter_along_axis",
+    "topk", "argsort", "non_zero", "non_maximum_suppression", "cond", "while_loop", "fill",
+    "fill_like", "band_part", "slice_update", "cumsum", "range_1d", "one_hot", "shape",
+    "reduce_argmax", "reduce_argmin", "lstm", "gru", "rnn", "random_uniform", "random_normal",
+    "random_bernoulli", "random_categorical", "custom_op",
+}
 FIT_FILE = Path(__file__).parent / "data" / "fit.json"
 MATRIX = {"conv", "conv_transpose", "linear", "matmul", "einsum"}
 # Ops that only relabel a tensor: no data moves, no time (they still get a unit).
@@ -70,7 +80,7 @@ def supported(rec: OpRecord) -> tuple[tuple[str, ...], str]:
 
     NE: FP16 only: "an op typed FP32 never runs on the Neural Engine" (coremltools typed
     execution docs; Apple, coremltools issue 1761); no int/bool outputs and none of
-    pipeline.placement.NE_UNSUPPORTED (gather family, topk, control flow...; hollance/
+    NE_UNSUPPORTED above (gather family, topk, control flow...; hollance/
     neural-engine unsupported-layers.md, rf-detr issue 1495); rank <= 5. Casts run anywhere
     (assumed: Core ML converts at the NE boundary). GPU: float outputs. CPU: every op.
     """

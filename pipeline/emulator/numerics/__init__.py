@@ -17,12 +17,11 @@ from typing import Any
 
 import yaml
 
+from pipeline.config import NUMERICS, NUMERICS_ALIASES as LEGACY  # noqa: F401 (re-exported)
 from pipeline.errors import UserError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 UNIT_PROFILES = {"NE": "ne", "GPU": "gpu", "CPU": "cpu"}
-NUMERICS = ("device", "ieee", "native_fp16")
-LEGACY = {"fp32_compute": "ieee"}  # the former evaluate.emulator_mode values
 DEFAULT_CHIP = "M2"  # the source article's, as device.chip
 
 
@@ -97,16 +96,12 @@ class Numerics:
 def numerics_from(cfg) -> Numerics:
     """Numerics from the `evaluate` config section (old emulator_mode values map cleanly);
     the chip and compute units are the device model's (`device` section)."""
+    from pipeline.config import check_numerics
+
     ev = cfg.evaluate
-    legacy = ev.get("emulator_mode")
-    mode = ev.get("numerics") or "device"
-    if legacy:  # evaluate.emulator_mode=fp32_compute|native_fp16 still works
-        mode = legacy
-    mode = LEGACY.get(mode, mode)
-    if mode not in NUMERICS:
-        raise UserError(f"unknown evaluate.numerics '{mode}'",
-                        f"choose one of: {', '.join(NUMERICS)} (or fp32_compute, = ieee)")
     profile = ev.get("numerics_profile")
+    # evaluate.emulator_mode=fp32_compute|native_fp16 (legacy) still works and wins
+    mode = check_numerics(ev.get("emulator_mode") or ev.get("numerics") or "device", profile)
     dev = cfg.get("device") or {}
     num = Numerics(mode, profile, str(dev.get("chip") or DEFAULT_CHIP),
                    str(dev.get("compute_units") or "ALL"))

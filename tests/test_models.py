@@ -37,13 +37,14 @@ def test_fp32_program_matches_pytorch(tmp_path, monkeypatch, model, overrides):
     assert fp32_emulated_vs_pytorch(art) < 1e-4
 
 
-def snr_db_by_hand(art, variant):
-    """10·log10(Σref² / Σerr²) over all samples of the package's emulated outputs, in float64,
-    computed here from reference.npz rather than by pipeline/metrics.py."""
+def snr_db_by_hand(art, variant, numerics=None):
+    """10·log10(Σref² / Σerr²) over all samples of the package's emulated outputs (under the
+    evaluate stage's numerics), in float64, computed here from reference.npz rather than by
+    pipeline/metrics.py."""
     manifest = artifacts.read_json(art / "trace" / "manifest.json")
     with np.load(art / "trace" / "inputs.npz") as inp, np.load(art / "trace" / "reference.npz") as ref:
         inputs, reference = dict(inp), dict(ref)
-    emu = Emulator(art / "convert" / variant / "model.mlpackage")
+    emu = Emulator(art / "convert" / variant / "model.mlpackage", numerics=numerics)
     sig = noise = 0.0
     for i in range(manifest["samples"]):
         out = emu.run({k: v[i] for k, v in inputs.items()})
@@ -59,7 +60,10 @@ def test_minilm_variants_report_accuracy_with_real_weights(tmp_path, monkeypatch
     variants = ("fp32", "fp16", "mixed_layernorm")
     art = run_variants(tmp_path, "minilm", variants, "tracking.enabled=false")
     m = {v: artifacts.read_json(art / "evaluate" / v / "metrics.json")["accuracy"] for v in variants}
-    by_hand = {v: snr_db_by_hand(art, v) for v in ("fp16", "mixed_layernorm")}
+    from pipeline.emulator.numerics import numerics_from
+
+    device = numerics_from(make_cfg(tmp_path, "model=minilm"))  # evaluate's default: device
+    by_hand = {v: snr_db_by_hand(art, v, device) for v in ("fp16", "mixed_layernorm")}
     print({v: (a["snr_db"], a["cosine_min"]) for v, a in m.items()}, by_hand)
     # the reported SNR is the one computed independently from the emulated outputs
     for v, snr in by_hand.items():

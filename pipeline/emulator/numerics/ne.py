@@ -9,7 +9,8 @@ Mechanisms (see the profile for sources and confidence):
   boundary; the output too. Convolutions take a fast path when a bound on every partial sum
   (max|x| * per-channel sum|w|) stays below 2^15: then only the output is checked.
 - activations: 33-knot piecewise-linear tables evaluated in fp16, inputs clamped.
-- exp, log, softplus, softmax, reduce_log_sum_exp, layer_norm: as the engine composes them.
+- exp, log, softplus, softmax, reduce_log_sum_exp: as the engine composes them (the fused
+  layer_norm runs without internal overflow: profiles/ne.yaml, layer_norm).
 - NaN entering the engine becomes +inf; indeterminate forms give +0 (the output store).
 """
 from __future__ import annotations
@@ -302,30 +303,6 @@ def flushed(fn: Callable, prof: Profile) -> Callable:
     return run
 
 
-def layer_norm(prof: Profile) -> Callable:
-    limit = float(prof.value("accumulator_limit"))
-    tiny = float(prof.value("sqrt_rsqrt_input_flush"))
-
-    def run(x, axes=None, gamma=None, beta=None, epsilon=None):
-        rank = x.dim()
-        dims = base.axes_of(axes, rank) if axes is not None else list(range(rank))
-        count = math.prod(x.shape[d] for d in dims)
-        s1 = saturate(h(x.sum(dims, keepdim=True)), limit)
-        s2 = saturate(h(h(x * x).sum(dims, keepdim=True)), limit)
-        mean, ex2 = h(s1 / count), h(s2 / count)
-        var = torch.nan_to_num(h(ex2 - h(mean * mean)), nan=0.0).clamp_min(0)
-        var = h(var + h(torch.tensor(base.scalar(epsilon, 1e-5))))
-        var = torch.where(var < tiny, torch.zeros_like(var), var)
-        y = torch.nan_to_num(h(x - mean) * h(torch.rsqrt(var)), nan=0.0, posinf=INF, neginf=-INF)
-        shape = [x.shape[i] if i in dims else 1 for i in range(rank)]
-        if gamma is not None:
-            y = h(y * gamma.reshape(shape))
-        if beta is not None:
-            y = y + beta.reshape(shape)
-        return y
-    return run
-
-
 def kernels(prof: Profile) -> dict[str, Callable]:
     """MIL op type -> the engine's implementation (ops not listed run as IEEE half)."""
     k: dict[str, Callable] = {
@@ -333,7 +310,7 @@ def kernels(prof: Profile) -> dict[str, Callable]:
         "conv_transpose": conv_transpose(prof),
         "einsum": output_checked(ops.OPS["einsum"], prof),
         "exp": exp, "log": log_table(prof), "softplus": softplus(prof), "softmax": softmax,
-        "reduce_log_sum_exp": reduce_log_sum_exp(prof), "layer_norm": layer_norm(prof),
+        "reduce_log_sum_exp": reduce_log_sum_exp(prof),
         "sqrt": flushed(ops.OPS["sqrt"], prof), "rsqrt": flushed(ops.OPS["rsqrt"], prof),
     }
     for name in prof.rules["activation_table"]["tables"]:

@@ -288,7 +288,7 @@ def config_yaml(spec: precision.PrecisionSpec, result: SearchResult, target: Tar
 def find(cfg, traced, manifest: dict, trace_dir: Path, name: str):
     """Search, then verify with a real conversion. Returns (spec, result, verified metrics,
     mlmodel, selector, conversion seconds)."""
-    from pipeline.convert import convert_program
+    from pipeline.conversion import convert_program
 
     auto = cfg.precision
     target = Target.from_config(auto.get("target"), manifest.get("tolerance") or {})
@@ -368,7 +368,7 @@ def search_record(result: SearchResult, target: Target, verified: dict) -> dict:
 
 def run(cfg) -> None:
     from pipeline.config import CONF_DIR, artifacts_dir, to_dict
-    from pipeline.convert import load_traced
+    from pipeline.conversion import load_traced
 
     spec = precision.spec_from_config(to_dict(cfg.precision))
     if spec.compute != "auto":

@@ -61,7 +61,7 @@ def traced_models(tmp_path_factory):
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("model", list(MODELS))
 def test_virtual_program_is_bit_exact_with_the_conversion(traced_models, model, target):
-    from pipeline.convert import convert_program, load_traced
+    from pipeline.conversion import convert_program, load_traced
 
     trace_dir, manifest = traced_models(model)
     traced = load_traced(trace_dir, manifest)

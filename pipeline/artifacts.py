@@ -69,8 +69,8 @@ def check_replaceable(dest: Path, is_dir: bool) -> None:
         kind = "a directory" if dest.is_dir() else "a file"
         raise UserError(f"'{dest}' is {kind}; this stage writes a {'directory' if is_dir else 'file'} "
                         "there", f"move '{dest}' away, or choose another paths.artifacts")
-    if is_dir and not (dest / LINEAGE).is_file() and any(
-            p.name not in UNTRACKED for p in dest.iterdir()):  # DVC leaves untracked files
+    if is_dir and not (dest / LINEAGE).is_file() and any(  # DVC leaves untracked files and
+            p.is_file() and p.name not in UNTRACKED for p in dest.rglob("*")):  # empty folders
         raise UserError(f"'{dest}' holds files this pipeline did not write (no {LINEAGE})",
                         f"move '{dest}' away or delete it, then re-run the stage")
 

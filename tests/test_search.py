@@ -151,8 +151,9 @@ def test_search_snr_is_the_evaluate_stage_snr(tiny_copy):
     ref = reference["image_embeddings"].astype(np.float64)
     pooled = 10 * np.log10((ref ** 2).sum() / ((out - ref) ** 2).sum())
     worst = min(10 * np.log10((r ** 2).sum() / ((o - r) ** 2).sum()) for r, o in zip(ref, out))
-    assert abs(search.trials[0].snr_db - evaluated["snr_db"]) < 1e-9
-    assert abs(evaluated["snr_db"] - pooled) < 1e-9
+    # metrics.json rounds SNR to 0.01 dB (README, "Reproducibility")
+    assert abs(search.trials[0].snr_db - evaluated["snr_db"]) <= 0.005 + 1e-9
+    assert abs(evaluated["snr_db"] - pooled) <= 0.005 + 1e-9
     assert abs(pooled - worst) > 1e-3  # the two definitions do differ on this program
 
 

@@ -110,7 +110,7 @@ def test_llama_without_a_mask_uses_grouped_query_attention(tmp_path, monkeypatch
     """No mask: transformers traces its packed-sequence check (torch.diff) and passes
     enable_gqa=True to scaled_dot_product_attention (4 query heads, 2 key/value heads)."""
     monkeypatch.chdir(tmp_path)
-    art = run_variants(tmp_path, "llama_tiny", ("fp32",), "model.forward_args=[input_ids]",
+    art = run_variants(tmp_path, "llama_tiny", ("fp32",), "model.args.forward_args=[input_ids]",
                        "model.inputs=[{name: input_ids, shape: [1, 16], dtype: int32, "
                        "range: [0, 999]}]", evaluate=False)
     assert max(max_rel_errors(art, "fp32").values()) < 1e-4

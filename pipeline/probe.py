@@ -42,7 +42,9 @@ def convert_fp16(module: torch.nn.Module, x: torch.Tensor, path: Path) -> Path:
     return path
 
 
-class _Fn(torch.nn.Module):
+class Fn(torch.nn.Module):
+    """A one-op model: ``fn(x)`` or ``fn(x, weight)``."""
+
     def __init__(self, fn, weight=None):
         super().__init__()
         self.fn = fn
@@ -102,7 +104,7 @@ def run_suite(numerics=None, compute_units: str | None = None) -> dict[str, floa
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for p in suite():
-            package = convert_fp16(_Fn(p.fn, p.weight), torch.from_numpy(p.x), Path(tmp) / f"{p.name}.mlpackage")
+            package = convert_fp16(Fn(p.fn, p.weight), torch.from_numpy(p.x), Path(tmp) / f"{p.name}.mlpackage")
             if compute_units:
                 y = _coreml(package, p.x, compute_units)
             else:

@@ -11,20 +11,10 @@ import torch
 
 from pipeline.emulator import Emulator
 from pipeline.emulator.numerics import Numerics, load_profile
-from pipeline.probe import convert_fp16
+from pipeline.probe import Fn, convert_fp16
 
 NE = Numerics("device", "ne")
 IEEE = Numerics("ieee")
-
-
-class Fn(torch.nn.Module):
-    def __init__(self, fn, weight=None):
-        super().__init__()
-        self.fn = fn
-        self.w = None if weight is None else torch.nn.Parameter(weight)
-
-    def forward(self, x):
-        return self.fn(x) if self.w is None else self.fn(x, self.w)
 
 
 def emulate(tmp_path, fn, x, numerics=NE, weight=None, name="m"):

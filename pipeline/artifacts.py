@@ -202,6 +202,9 @@ def open_output(folder: str | Path, rerun: str) -> dict:
 
     folder = Path(folder)
     fix = f"re-run `{rerun}`"
+    # a writer killed mid-write leaves a hidden temporary beside this folder; when DVC then
+    # restores the folder from its run cache, the writer never runs again: its reader sweeps
+    clean_stale_tmp(folder.parent, folder.name)
     if not folder.is_dir():
         raise UserError(f"no output at {folder}", f"run `{rerun}` first")
     record = read_json(folder / LINEAGE, fix)

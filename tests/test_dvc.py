@@ -128,10 +128,12 @@ def test_sigkill_leaves_nothing_half_written_and_repro_recovers(repo, stage):
     target = path / "artifacts" / kind / "mixed"
     # killed mid-write: DVC had removed the old outputs and the stage wrote only to a
     # temporary sibling, so the real folder is absent or empty
-    assert not target.exists() or not any(target.iterdir())
+    assert not target.exists() or not any(p.is_file() and p.name not in artifacts.UNTRACKED
+                                          for p in target.rglob("*"))  # DVC's .gitignore, timings
     assert list(target.parent.glob(".mixed.*.tmp"))  # the half-written one, set aside
     out = sh("dvc repro --force-downstream", path).stdout  # identical outputs stop the chain
-    assert stage in ran_stages(out)
+    # re-run, or restored from DVC's run cache (outputs are deterministic, so it may hold them)
+    assert stage in ran_stages(out) or f"Stage '{stage}' is cached" in out, out[-2000:]
     assert not list(target.parent.glob(".mixed.*.tmp"))  # the dead writer's leftovers cleaned
     assert (target / COMPLETE[kind]).is_file()
     assert sh("dvc status", path).stdout.strip().endswith("up to date.")

@@ -31,6 +31,7 @@ from pipeline.config import artifacts_dir, to_dict, variant_dir
 from pipeline.emulator import Emulator
 from pipeline.emulator import diagnostics as diag
 from pipeline.emulator.numerics import Numerics
+from pipeline.emulator.numerics.apply import units_from_compute_plan
 from pipeline.errors import UserError
 
 log = logging.getLogger("pipeline.evaluate")
@@ -40,10 +41,6 @@ REFERENCE_VARIANT = "fp32"
 def samples(inputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     n = len(next(iter(inputs.values())))
     return [{k: v[i] for k, v in inputs.items()} for i in range(n)]
-
-
-def stack(outputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.stack([o[k] for o in outputs]) for k in outputs[0]}
 
 
 def emulate(cfg: DictConfig, package: Path, inputs: dict[str, np.ndarray], variant: str,
@@ -70,8 +67,8 @@ def emulate(cfg: DictConfig, package: Path, inputs: dict[str, np.ndarray], varia
     if reference is None and variant != REFERENCE_VARIANT:
         for r in rows:
             r.rel_error_vs_fp32 = None
-    return (stack(outs), rows, seconds, sorted(emulator.fallbacks),
-            stack(ieee_outs) if ieee_outs else None)
+    return (metrics.stack_samples(outs), rows, seconds, sorted(emulator.fallbacks),
+            metrics.stack_samples(ieee_outs) if ieee_outs else None)
 
 
 # ---- numerics (issue 12): which numerics produced the numbers, and IEEE where they differ
@@ -231,7 +228,7 @@ def run(cfg: DictConfig) -> None:
         numerics = settings.numerics
         if numerics.per_op and not numerics.profile:  # each op computes as its unit does
             head = backend.placement(settings.compute_units)
-            numerics.units = {r["op"]: r["device"] for r in head.rows}
+            numerics.units = units_from_compute_plan(head.rows)
             numerics.compute_units = f"{settings.compute_units}; {head.source.split(' (')[0]}"
         outputs, rows, emu_seconds, fallbacks, ieee_outputs = emulate(cfg, package, inputs,
                                                                       variant, numerics)

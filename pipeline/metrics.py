@@ -109,12 +109,16 @@ def accuracy(reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarr
     return result
 
 
+def stack_samples(per_sample: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One array per output, [samples, ...], from outputs given sample by sample."""
+    return {k: np.stack([o[k] for o in per_sample]) for k in per_sample[0]}
+
+
 def program_accuracy(reference: Mapping[str, np.ndarray], per_sample: list[Mapping[str, np.ndarray]],
                      tolerance: Mapping[str, float], task_metric: str | None = None,
                      internal_nonfinite_ops: int | None = None) -> dict:
     """``accuracy`` of one program's outputs given sample by sample (as the emulator runs)."""
-    stacked = {k: np.stack([o[k] for o in per_sample]) for k in per_sample[0]}
-    return accuracy(reference, stacked, tolerance, task_metric, internal_nonfinite_ops)
+    return accuracy(reference, stack_samples(per_sample), tolerance, task_metric, internal_nonfinite_ops)
 
 
 def _sig(x: float, digits: int) -> float:

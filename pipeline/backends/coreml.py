@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.metrics import stack_samples
 from pipeline.backends.estimated import Estimates
 from pipeline.backends.protocol import Latency, Settings, Table, agreement
 
@@ -88,7 +89,7 @@ class CoreMLBackend:
         outs = [{k: np.asarray(v, dtype=np.float32)
                  for k, v in model.predict({k: v[i] for k, v in inputs.items()}).items()}
                 for i in range(n)]
-        return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
+        return stack_samples(outs)
 
     # -- latency -----------------------------------------------------------------------
     def latency(self, inputs: dict[str, np.ndarray], compute_units: str) -> Latency:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.metrics import stack_samples
 from pipeline.backends.estimated import Estimates
 from pipeline.backends.protocol import Latency, Settings, Table
 
@@ -44,7 +45,7 @@ class EmulatorBackend:
         emulator = self.emulator()
         n = len(next(iter(inputs.values())))
         outs = [emulator.run({k: v[i] for k, v in inputs.items()}) for i in range(n)]
-        return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
+        return stack_samples(outs)
 
     def placement(self, compute_units: str) -> Table:
         return self.estimates.table(compute_units)

@@ -26,7 +26,8 @@ def units_for(records: list[OpRecord], compute_units: str = "ALL",
 
 
 def units_from_compute_plan(rows: list[dict]) -> dict[str, str]:
-    """The measured placement (backends.compute_plan rows, keyed by output name) as units."""
+    """A placement table's rows (backends/protocol.py schema: measured compute plan or the
+    device model's estimate) as op name -> unit."""
     return {r["op"]: r["device"] for r in rows if r.get("device") in UNIT_PROFILES}
 
 

@@ -16,7 +16,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, OmegaConfBaseException,
                               ValidationError)
 
@@ -38,11 +38,32 @@ def load_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> 
     The config folder is conf/ of the repository, or $PIPELINE_CONF_DIR."""
     overrides = list(overrides)
     conf_dir = Path(conf_dir or os.environ.get("PIPELINE_CONF_DIR") or CONF_DIR)
+    cfg, slot = _compose(overrides, conf_dir)
+    mapped = (cfg.model.get("variants") or {}).get(slot)
+    if mapped and mapped != slot:  # this model's own config for the slot (model.variants)
+        keep = [o for o in overrides if o.lstrip("+~").split("=")[0] != "precision"]
+        named = any(o.lstrip("+").startswith("precision.name=") for o in overrides)
+        extra = [f"precision={mapped}", f"precision.config={mapped}"]
+        try:
+            cfg, _ = _compose(keep + extra + ([] if named else [f"precision.name={slot}"]),
+                              conf_dir)
+        except UserError as exc:
+            raise UserError(f"{exc.message} (model.variants.{slot} of model "
+                            f"'{cfg.model.name}')", exc.fix) from None
+    validate(cfg)
+    return cfg
+
+
+def _compose(overrides: list[str], conf_dir: Path) -> tuple[DictConfig, str | None]:
+    """The composed config and the precision option it chose (Hydra's runtime choice)."""
     schema.register()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
+            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        slot = cfg.hydra.runtime.choices.get("precision")
+        with open_dict(cfg):
+            del cfg["hydra"]
         # `+key=value` adds keys even to typed nodes: merging onto the schema refuses them.
         OmegaConf.merge(OmegaConf.structured(schema.Config), OmegaConf.to_container(cfg))
     except MissingConfigException as exc:
@@ -51,8 +72,15 @@ def load_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> 
         raise composition_error(exc, overrides) from None
     finally:
         GlobalHydra.instance().clear()
-    validate(cfg)
-    return cfg
+    return cfg, slot
+
+
+def model_section(cfg: DictConfig) -> dict:
+    """The model's config as the trace records it: what the traced program depends on
+    (model.variants only says which precision configs `dvc repro` pairs with it)."""
+    section = to_dict(cfg.model)
+    section.pop("variants", None)
+    return section
 
 
 def composition_error(exc: BaseException, overrides: list[str]) -> UserError:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from pipeline import artifacts, lineage, precision, programs
 from pipeline.cli import main_for
-from pipeline.config import artifacts_dir, to_dict, variant_dir
+from pipeline.config import artifacts_dir, model_section, to_dict, variant_dir
 from pipeline.conversion import convert_program, load_traced
 from pipeline.emulator.runtime import load_program
 from pipeline.errors import UserError
@@ -43,7 +43,7 @@ def run(cfg: DictConfig) -> None:
     spec = precision.spec_from_config(to_dict(cfg.precision))
     artifacts.check_replaceable(variant_dir(cfg, "convert", spec.name), is_dir=True)  # before the work
     trace_dir, manifest = artifacts.read_trace(artifacts_dir(cfg))
-    lineage.check_section(manifest["lineage"], "model", to_dict(cfg.model), trace_dir,
+    lineage.check_section(manifest["lineage"], "model", model_section(cfg), trace_dir,
                           f"python -m pipeline.trace model={cfg.model.name}")
     traced = load_traced(trace_dir, manifest)
     log.info("converting %s to %s (%s)", manifest["model"], spec.name, spec.compute)

@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from pipeline import artifacts, backends, lineage, metrics, tracking
 from pipeline.backends import Backend, Settings
 from pipeline.cli import main_for
-from pipeline.config import artifacts_dir, to_dict, variant_dir
+from pipeline.config import artifacts_dir, model_section, to_dict, variant_dir
 from pipeline.emulator import Emulator
 from pipeline.emulator import diagnostics as diag
 from pipeline.emulator.numerics import Numerics
@@ -50,6 +50,8 @@ def emulate(cfg: DictConfig, package: Path, inputs: dict[str, np.ndarray], varia
     IEEE numerics (outputs in the last item, else None). ``numerics.units`` is the
     backend's placement: each op computes as the unit it runs on."""
     device = cfg.evaluate.device
+    log.info("loading %s%s into the emulator", variant,
+             "" if variant == REFERENCE_VARIANT else " and the FP32 program")
     emulator = Emulator(package, device=device, numerics=numerics)
     reference = None
     if cfg.evaluate.diagnostics and variant != REFERENCE_VARIANT:
@@ -62,7 +64,8 @@ def emulate(cfg: DictConfig, package: Path, inputs: dict[str, np.ndarray], varia
     if numerics.mode == "device":
         ieee = Emulator(package, device=device, numerics=Numerics("ieee"))
     started = time.perf_counter()
-    outs, rows, ieee_outs = diag.run_diagnostics(emulator, reference, samples(inputs), ieee)
+    outs, rows, ieee_outs = diag.run_diagnostics(emulator, reference, samples(inputs), ieee,
+                                                 desc=f"evaluate {variant}")
     seconds = time.perf_counter() - started
     if reference is None and variant != REFERENCE_VARIANT:
         for r in rows:
@@ -170,7 +173,7 @@ def check_inputs(cfg: DictConfig) -> tuple[Path, dict, dict]:
     Returns (trace folder, trace manifest, upstream fingerprints)."""
     variant, model = cfg.precision.name, cfg.model.name
     trace_dir, manifest = artifacts.read_trace(artifacts_dir(cfg))
-    lineage.check_section(manifest["lineage"], "model", to_dict(cfg.model), trace_dir,
+    lineage.check_section(manifest["lineage"], "model", model_section(cfg), trace_dir,
                           f"python -m pipeline.trace model={model}")
     trace_fp = manifest["lineage"]["fingerprint"]
     upstream = {"trace": trace_fp}
@@ -227,6 +230,8 @@ def run(cfg: DictConfig) -> None:
     with artifacts.atomic_path(out_dir, is_dir=True) as tmp:
         numerics = settings.numerics
         if numerics.per_op and not numerics.profile:  # each op computes as its unit does
+            log.info("placing the ops on %s (%s) for device numerics", settings.chip,
+                     settings.compute_units)
             head = backend.placement(settings.compute_units)
             numerics.units = units_from_compute_plan(head.rows)
             numerics.compute_units = f"{settings.compute_units}; {head.source.split(' (')[0]}"
@@ -244,6 +249,7 @@ def run(cfg: DictConfig) -> None:
         if backend.per_unit_predictions:
             numerics_result["note"] = ("accuracy measured on the device; these numerics apply "
                                        "to ops.csv only")
+        log.info("latency and placement under %s", ", ".join(settings.latency_units))
         latency = latency_section(backend, settings, inputs)  # before placement: its ms use it
         result = {
             "accuracy": accuracy,
@@ -256,7 +262,10 @@ def run(cfg: DictConfig) -> None:
             # per-op figures come from the emulator on every backend, and say so
             "diagnostics": {"source": f"emulated (pipeline/emulator, "
                                       f"{numerics.describe()})",
-                            "overflowing_ops": sum(1 for r in rows if r.inf_count),
+                            # counted where inf/NaN originate (finite inputs), not
+                            # every op that passes them along
+                            "overflowing_ops": len(diag.nonfinite_origins(rows)),
+                            "nonfinite_ops": internal,
                             "first_nonfinite_op": None if first is None else first.name},
         }
         details = {
@@ -283,6 +292,7 @@ def run(cfg: DictConfig) -> None:
         # Wall time and the MLflow run id change on every run: untracked (timings.json).
         timings = {"emulator_wall_seconds_not_core_ml_latency": round(emu_seconds, 3)}
         if cfg.tracking.enabled:
+            log.info("logging the run to MLflow (%s)", cfg.tracking.uri)
             timings["mlflow_run_id"] = log_to_mlflow(cfg, manifest, variant, backend.name,
                                                      result, details, tmp, upstream, timings)
         artifacts.write_json(tmp / "timings.json", timings)

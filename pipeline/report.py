@@ -19,8 +19,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from pipeline import artifacts, lineage, tracking
+from pipeline import plots as figures
 from pipeline.cli import main_for
-from pipeline.config import artifacts_dir, to_dict
+from pipeline.config import artifacts_dir, model_section, to_dict
 from pipeline.emulator.diagnostics import read_table
 from pipeline.errors import UserError
 
@@ -64,19 +65,48 @@ def latency_ms(m: dict, units: str | None = None) -> float:
     return float(measured if measured is not None else lat["estimated_ms"][units])
 
 
+TIE = 0.01  # latencies within 1% of the fastest count as a tie (below any estimate's error)
 RULE = ("the fastest variant that meets the model's tolerance, by {kind} latency under {units} "
-        "on {chip}; ties (within 1%): fewest FP32 ops")
+        "on {chip}; among those within 1% of the fastest, the one with the fewest FP32 ops")
 
 
 def recommend(variants: list[dict]) -> dict | None:
-    """The fastest passing variant; ties (within 1%): fewer FP32 ops."""
+    """The fastest passing variant; among those within 1% of it, the fewest FP32 ops."""
     passing = [v for v in variants if v["metrics"]["accuracy"]["passes"]]
     if not passing:
         return None
     fastest = min(latency_ms(v["metrics"]) for v in passing)
-    near = [v for v in passing if latency_ms(v["metrics"]) <= fastest * 1.01]
-    return min(near, key=lambda v: (v["metrics"]["program"]["fp32_compute_ops"],
-                                    latency_ms(v["metrics"])))
+    near = [v for v in passing if latency_ms(v["metrics"]) <= fastest * (1 + TIE)]
+    return min(near, key=lambda v: (fp32_ops(v), latency_ms(v["metrics"]), v["name"]))
+
+
+def fp32_ops(v: dict) -> int:
+    return v["metrics"]["program"]["fp32_compute_ops"]
+
+
+def why(best: dict, variants: list[dict], kind: str) -> str:
+    """The rule applied, in words: every passing variant ranked, and what decided."""
+    passing = sorted((v for v in variants if v["metrics"]["accuracy"]["passes"]),
+                     key=lambda v: latency_ms(v["metrics"]))
+    fastest = latency_ms(passing[0]["metrics"])
+    ranked = ", ".join(f"`{v['name']}` {latency_ms(v['metrics']):.2f} ms ({fp32_ops(v)} FP32 ops)"
+                       for v in passing)
+    failing = [f"`{v['name']}`" for v in variants if not v["metrics"]["accuracy"]["passes"]]
+    text = f"Passing, fastest first ({kind}): {ranked}."
+    if failing:
+        text += f" Failing the tolerance: {', '.join(failing)}."
+    tied = [v for v in passing if v is not best
+            and latency_ms(v["metrics"]) <= fastest * (1 + TIE)]
+    others = ", ".join(f"`{v['name']}` keeps {fp32_ops(v)}" for v in tied)
+    if latency_ms(best["metrics"]) > fastest:
+        text += (f" `{best['name']}` is within 1% of the fastest and keeps the fewest ops in FP32 "
+                 f"({fp32_ops(best)}; {others}).")
+    elif tied:
+        text += (f" `{best['name']}` is the fastest and keeps {fp32_ops(best)} ops in FP32; within "
+                 f"1% of it, {others}.")
+    else:
+        text += f" `{best['name']}` is the fastest by more than 1%."
+    return text
 
 
 def _fmt(x, digits=4):
@@ -124,10 +154,37 @@ def latency_table(variants: list[dict]) -> list[str]:
     return lines
 
 
-def internal_text(ops: int | None) -> str:
-    """The ops inside with an inf/NaN output (they fail the tolerance unless it sets
-    allow_internal_nonfinite)."""
-    return f" (inf/NaN inside: {ops} ops)" if ops else ""
+def percent(fraction: float) -> str:
+    """A share of output values, 0 shown as 'none' (0.0000 next to an overflow misleads)."""
+    return "none" if not fraction else f"{100 * fraction:.3g}%"
+
+
+def verdict(a: dict, tol: dict) -> str:
+    """'yes', or '**no**' with the limits it misses (metrics.accuracy decides)."""
+    if a["passes"]:
+        return "yes"
+    missed = []
+    if a["snr_db"] < float(tol.get("min_snr_db", 20.0)):
+        missed.append(f"SNR < {float(tol.get('min_snr_db', 20.0)):g} dB")
+    if a["cosine_min"] < float(tol.get("min_cosine", 0.99)):
+        missed.append(f"cosine < {float(tol.get('min_cosine', 0.99)):g}")
+    if a["nonfinite_fraction"]:
+        missed.append("inf/NaN in outputs")
+    if a.get("internal_nonfinite_ops") and not tol.get("allow_internal_nonfinite"):
+        missed.append("inf/NaN inside")
+    return "**no**" + (f" ({', '.join(missed)})" if missed else "")
+
+
+def inside_cell(v: dict) -> str:
+    """Where inf/NaN start inside the program (emulated), or 'none'."""
+    origins = [o for o in v["ops"] if o.get("nonfinite_origin")]
+    carried = sum(1 for o in v["ops"] if o["inf_count"] or o["nan_count"]) - len(origins)
+    if not origins:
+        return "none"
+    first = origins[0]
+    more = f" +{len(origins) - 1} more" if len(origins) > 1 else ""
+    return (f"from `{first['name']}` ({first['op_type']}){more}"
+            + (f", carried by {carried} ops" if carried else ""))
 
 
 def markdown(model: str, variants: list[dict], best: dict | None, fp16_limit: float) -> str:
@@ -138,42 +195,46 @@ def markdown(model: str, variants: list[dict], best: dict | None, fp16_limit: fl
     lines = [f"# Precision report: {model}", "",
              f"Accuracy is **{first['accuracy']['source']}** against the FP32 PyTorch reference; "
              f"placement is **{first['placement']['source']}**; latency is "
-             f"**{lat['source']}**. Per-op figures (first non-finite op, overflowing ops) are "
+             f"**{lat['source']}**. Per-op figures (where inf/NaN start inside the program) are "
              f"**{first['diagnostics']['source']}**. The emulator's wall time is never a "
              "latency.", "",
-             f"| variant | passes | cosine min | SNR dB | non-finite | FP32 ops | casts | "
+             f"| variant | passes | SNR dB | cosine min | FP32 ops | casts | "
              f"{kind} ms ({lat['compute_units']}, {lat['chip']}) | NE op share | device switches "
-             "| first non-finite op |",
+             "| inf/NaN in outputs | inf/NaN inside |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in variants:
         a, p, prog = v["metrics"]["accuracy"], v["metrics"]["placement"], v["metrics"]["program"]
-        bad = v["run"].get("first_nonfinite_op")
         lines.append(
-            f"| {v['name']} | {'yes' if a['passes'] else '**no**'} | {_fmt(a['cosine_min'])} | "
-            f"{_fmt(a['snr_db'], 1)} | {_fmt(a['nonfinite_fraction'])}"
-            f"{internal_text(a.get('internal_nonfinite_ops'))} | "
-            f"{prog['fp32_compute_ops']} | {prog['casts']} | {latency_ms(v['metrics']):.2f} | "
-            f"{_fmt(p['ne_op_share'], 2)} | {p['device_switches']} | "
-            f"{'`' + bad['name'] + '` (' + bad['op_type'] + ')' if bad else '-'} |")
-    lines += ["", *latency_table(variants), ""]
+            f"| {v['name']} | {verdict(a, v['run'].get('tolerance') or {})} | {_fmt(a['snr_db'], 1)} | "
+            f"{_fmt(a['cosine_min'])} | {prog['fp32_compute_ops']} | {prog['casts']} | "
+            f"{latency_ms(v['metrics']):.2f} | {_fmt(p['ne_op_share'], 2)} | "
+            f"{p['device_switches']} | {percent(a['nonfinite_fraction'])} | {inside_cell(v)} |")
+    lines += ["", "`inf/NaN in outputs`: the share of the model's output values that are inf or "
+              "NaN; `inf/NaN inside`: the first op whose inputs are finite and whose output is "
+              "not (an FP16 overflow past "
+              f"{fp16_limit:g}, or NaN), emulated; the ops after it that only pass inf/NaN on "
+              "are counted apart. An output can be finite and still wrong.", ""]
+    lines += [*latency_table(variants), ""]
     if best:
         lines.append(f"**Recommendation: `{best['name']}`** ({latency_ms(best['metrics']):.2f} ms "
-                     f"{kind}, {best['metrics']['program']['fp32_compute_ops']} FP32 ops). "
-                     f"Rule: {rule}.")
+                     f"{kind}, {fp32_ops(best)} FP32 ops). Rule: {rule}. "
+                     + why(best, variants, kind))
     else:
         lines.append(f"**No variant meets the model's tolerance.** (Rule: {rule}.)")
     lines.append("")
     for v in variants:
-        over = [o for o in v["ops"] if o["inf_count"]]
-        if over:
-            names = ", ".join(f"`{o['name']}` ({o['op_type']})" for o in over[:6])
-            lines.append(f"- `{v['name']}`: {len(over)} op(s) produce values past the FP16 limit "
-                         f"({fp16_limit:g}) or NaN (emulated); first: {names}"
-                         + (" ..." if len(over) > 6 else ""))
+        origins = [o for o in v["ops"] if o.get("nonfinite_origin")]
+        if origins:
+            names = ", ".join(f"`{o['name']}` ({o['op_type']})" for o in origins[:6])
+            carried = sum(1 for o in v["ops"] if o["inf_count"] or o["nan_count"]) - len(origins)
+            lines.append(f"- `{v['name']}`: inf/NaN start in {len(origins)} op(s) (finite inputs, "
+                         f"output past the FP16 limit {fp16_limit:g} or NaN; emulated): {names}"
+                         + (" ..." if len(origins) > 6 else "")
+                         + (f"; {carried} more op(s) only pass them on" if carried else ""))
     lines += numerics_lines(variants)
     lines += ["", f"Plots: `tradeoff.png` (accuracy vs {kind} latency on {lat['chip']}), "
-              "`ops.png` (per-op max |activation| and error vs FP32 along the program, "
-              "emulated).", ""]
+              "`ops.png` (per-op max |activation| and error vs FP32, ops aligned by name "
+              "across variants, emulated).", ""]
     return "\n".join(lines)
 
 
@@ -208,56 +269,10 @@ def numerics_lines(variants: list[dict]) -> list[str]:
 
 
 def plots(variants: list[dict], folder: Path, fp16_limit: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     lat = variants[0]["metrics"]["latency"]
     kind = "measured" if lat["status"] == "measured" else "estimated"
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for i, v in enumerate(variants):
-        a, ms = v["metrics"]["accuracy"], latency_ms(v["metrics"])
-        ax.scatter(ms, a["snr_db"], s=80, color="tab:green" if a["passes"] else "tab:red")
-        ax.annotate(v["name"], (ms, a["snr_db"]), textcoords="offset points",
-                    xytext=(6, 5 if i % 2 == 0 else -14))  # staggered: close points stay legible
-    tol = variants[0]["run"].get("tolerance", {}).get("min_snr_db")
-    if tol is not None:
-        ax.axhline(tol, color="grey", linestyle="--", linewidth=1, label=f"tolerance {tol} dB")
-        ax.legend(loc="lower left")
-    ax.set_xlabel(f"latency under {lat['compute_units']}, ms ({kind}, {lat['chip']})")
-    ax.set_ylabel(f"SNR vs FP32 PyTorch, dB ({variants[0]['metrics']['accuracy']['source'].split()[0]})")
-    ax.set_xlim(left=0)
-    ax.set_title("Accuracy against latency (green passes)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(folder / "tradeoff.png", dpi=110)
-    plt.close(fig)
-
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
-    for v in variants:
-        ops = v["ops"]
-        xs = [o["index"] for o in ops]
-        ax1.plot(xs, [max(o["max_abs"], 1e-6) for o in ops], label=v["name"], linewidth=1)
-        bad = [o for o in ops if o["inf_count"] or o["nan_count"]]
-        ax1.scatter([o["index"] for o in bad], [fp16_limit] * len(bad), marker="x", color="red", zorder=5)
-        err = [(o["index"], o["rel_error_vs_fp32"]) for o in ops if o["rel_error_vs_fp32"] is not None]
-        ax2.plot([e[0] for e in err], [min(max(e[1], 1e-9), 1e3) for e in err], label=v["name"], linewidth=1)
-        first = next((o for o in ops if o["first_nonfinite"]), None)
-        if first:
-            ax1.annotate(f"{v['name']}: {first['op_type']} overflows", (first["index"], fp16_limit),
-                         textcoords="offset points", xytext=(5, 8), color="red")
-    ax1.axhline(fp16_limit, color="red", linestyle="--", linewidth=1, label="FP16 max 65504")
-    ax1.set_yscale("log")
-    ax1.set_ylabel("max |activation| (finite)")
-    ax1.legend(loc="upper left", fontsize=8)
-    ax2.set_yscale("log")
-    ax2.set_ylabel("relative error vs FP32 program")
-    ax2.set_xlabel("op index along the program (emulated)")
-    ax1.set_title("Per-op activations and error; red x: op with inf/NaN")
-    fig.tight_layout()
-    fig.savefig(folder / "ops.png", dpi=100)
-    plt.close(fig)
+    figures.tradeoff(variants, folder / "tradeoff.png", latency_ms, kind)
+    figures.per_op(variants, folder / "ops.png", fp16_limit)
 
 
 def write_csvs(variants: list[dict], folder: Path) -> None:
@@ -269,21 +284,23 @@ def write_csvs(variants: list[dict], folder: Path) -> None:
             a, p = v["metrics"]["accuracy"], v["metrics"]["placement"]
             w.writerow([v["name"], latency_ms(v["metrics"]), v["metrics"]["latency"]["source"],
                         p["ne_op_share"], a["snr_db"], a["cosine_min"], a["passes"]])
-    with open(folder / "ops.csv", "w", newline="") as f:
+    order = figures.aligned_index(variants)
+    with open(folder / "ops.csv", "w", newline="") as f:  # index: aligned by name (as ops.png)
         w = csv.writer(f)
         w.writerow(["variant", "index", "name", "op_type", "dtype", "max_abs", "rel_error_vs_fp32",
-                    "nonfinite"])
+                    "nonfinite", "nonfinite_origin"])
         for v in variants:
-            for o in v["ops"]:
-                w.writerow([v["name"], o["index"], o["name"], o["op_type"], o["dtype"], o["max_abs"],
-                            o["rel_error_vs_fp32"], o["inf_count"] + o["nan_count"]])
+            for x, o in figures.aligned_ops(v, order):
+                w.writerow([v["name"], x, o["name"], o["op_type"], o["dtype"], o["max_abs"],
+                            o["rel_error_vs_fp32"], o["inf_count"] + o["nan_count"],
+                            int(o.get("nonfinite_origin", False))])
 
 
 def run(cfg: DictConfig) -> None:
     if cfg.tracking.enabled:
         tracking.check_store(cfg.tracking.uri)  # fail before the work, not after it
     trace_dir, manifest = artifacts.read_trace(artifacts_dir(cfg))
-    lineage.check_section(manifest["lineage"], "model", to_dict(cfg.model), trace_dir,
+    lineage.check_section(manifest["lineage"], "model", model_section(cfg), trace_dir,
                           f"python -m pipeline.trace model={cfg.model.name}")
     model = manifest["model"]
     variants = collect(cfg, model, manifest["lineage"]["fingerprint"])

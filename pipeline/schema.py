@@ -62,6 +62,9 @@ class ModelConf:
     samples: int = 4                      # generated samples when inputs come from ranges
     tolerance: ToleranceConf = field(default_factory=ToleranceConf)
     task_metric: Optional[str] = None
+    # What each variant slot of `dvc repro` (params.yaml `variants`) means for this model:
+    # slot -> conf/precision/<option>.yaml. A slot not listed is the option of the same name.
+    variants: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,6 +88,7 @@ class PrecisionConf:
     fp32_regions: List[RegionConf] = field(default_factory=list)
     fp32_names: List[str] = field(default_factory=list)
     target: TargetConf = field(default_factory=TargetConf)   # precision=auto only
+    config: Optional[str] = None          # set when model.variants maps this slot to another file
 
 
 @dataclass

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from pipeline import artifacts, metrics, precision
+from pipeline import artifacts, metrics, precision, progress
 from pipeline.programs import virtual_records
 from pipeline.emulator import Emulator
 from pipeline.emulator.numerics import numerics_from
@@ -141,6 +141,7 @@ class Search:
         self.cache: dict[frozenset, bool] = {}
         self.trials: list[Trial] = []
         self.phase = "start"
+        self.shown = None  # the candidates' progress bar, while run() runs
 
     # -- one candidate -----------------------------------------------------------------
     def passes(self, keep: frozenset) -> bool:
@@ -156,9 +157,13 @@ class Search:
         self.cache[keep] = ok
         self.trials.append(Trial(len(self.trials), len(keep), ok, worst["snr_db"],
                                  worst["cosine_min"], self.phase))
-        log.info("candidate %3d: %3d FP32 ops -> %s (SNR %.1f dB, %s ops with inf/NaN)",
-                 len(self.trials), len(keep), "meets target" if ok else "misses", worst["snr_db"],
-                 m["internal_nonfinite_ops"])
+        log.debug("candidate %3d: %3d FP32 ops -> %s (SNR %.1f dB, %s ops with inf/NaN)",
+                  len(self.trials), len(keep), "meets target" if ok else "misses",
+                  worst["snr_db"], m["internal_nonfinite_ops"])
+        if self.shown is not None:
+            self.shown.set_postfix_str(f"{self.phase}: {len(keep)} FP32 ops "
+                                       f"{'meet' if ok else 'miss'} ({worst['snr_db']:.1f} dB)")
+            self.shown.update()
         return ok
 
     # -- diagnostics: which ops to try first -------------------------------------------
@@ -224,6 +229,13 @@ class Search:
         return keep
 
     def run(self, prefer_regions: bool = True) -> SearchResult:
+        with progress.bar("precision=auto", unit="candidate") as self.shown:
+            try:
+                return self._run(prefer_regions)
+            finally:
+                self.shown = None
+
+    def _run(self, prefer_regions: bool) -> SearchResult:
         started = time.perf_counter()
         everything = frozenset(self.order)
         self.phase = "all-fp16"

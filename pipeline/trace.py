@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from pipeline import artifacts, models
 from pipeline.cli import main_for
-from pipeline.config import artifacts_dir, to_dict
+from pipeline.config import artifacts_dir, model_section, to_dict
 from pipeline.errors import StageError, UserError
 
 log = logging.getLogger("pipeline.trace")
@@ -49,7 +49,7 @@ def run(cfg: DictConfig) -> None:
     method = cfg.trace.method
     if method not in METHODS:
         raise UserError(f"unknown trace.method '{method}'", f"choose one of: {', '.join(METHODS)}")
-    model_cfg = to_dict(cfg.model)
+    model_cfg = model_section(cfg)
     out_dir = artifacts_dir(cfg) / "trace"
     artifacts.check_replaceable(out_dir, is_dir=True)  # before the work
     torch.manual_seed(int(model_cfg.get("seed") or 0))

@@ -110,7 +110,7 @@ def test_article_region_on_a_model_without_pow_is_a_clear_error(tmp_path, monkey
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="region start 'pow' is not an op type"):
-        run_variants(tmp_path, "minilm", ("mixed",), evaluate=False)
+        run_variants(tmp_path, "minilm", ("mixed",), "model.variants.mixed=mixed", evaluate=False)
     assert not (tmp_path / "artifacts" / "convert" / "mixed").exists()
 
 

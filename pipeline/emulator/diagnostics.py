@@ -3,7 +3,9 @@
 For each op of the variant: its dtype, max |value|, inf and NaN counts (over all samples),
 and its relative error against the same op of the FP32 program (ops matched by name, the
 FP16 pass's `_cast_fp16` suffix removed): max |out - out32| / max |out32|. The first op
-where non-finite values appear is flagged. Under device numerics: the profile each op ran
+where non-finite values appear is flagged, and every op where they originate (its inputs
+are finite, its output is not: an overflow, or NaN from 0/0) apart from the ops that only
+pass them along. Under device numerics: the profile each op ran
 under, and its difference from the same program under IEEE numerics (same measure); the
 first op where they disagree materially (DIVERGENCE, or non-finite in one only) is named.
 """
@@ -18,11 +20,13 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from pipeline import progress
 from pipeline.emulator.runtime import Emulator, Step
 from pipeline.precision import canonical
 
 FIELDS = ["index", "name", "op_type", "dtype", "max_abs", "inf_count", "nan_count",
-          "rel_error_vs_fp32", "first_nonfinite", "numerics", "rel_diff_vs_ieee"]
+          "rel_error_vs_fp32", "first_nonfinite", "nonfinite_origin", "numerics",
+          "rel_diff_vs_ieee"]
 DIVERGENCE = 0.01  # device vs IEEE: max |diff| / max |ieee| above this is material
 
 
@@ -37,6 +41,7 @@ class OpStats:
     nan_count: int = 0
     rel_error_vs_fp32: float | None = None
     first_nonfinite: bool = False
+    nonfinite_origin: bool = False  # finite inputs, inf/NaN output (in some sample)
     numerics: str = "ieee"
     rel_diff_vs_ieee: float | None = None
     _ref_peak: float = 0.0
@@ -71,9 +76,14 @@ class Collector:
         self.stats = {s.index: OpStats(s.index, s.name, s.op_type, s.dtypes[0],
                                        numerics=getattr(s, "numerics", "ieee"))
                       for s in emulator.plan.steps}
+        self.nonfinite_consts = {name for name, v in emulator.plan.consts.items()
+                                 if isinstance(v, torch.Tensor) and v.is_floating_point()
+                                 and not bool(torch.isfinite(v).all())}
 
     def observer(self, reference: dict[str, torch.Tensor] | None,
                  ieee: dict[str, torch.Tensor] | None = None):
+        carrying = set(self.nonfinite_consts)  # values holding inf/NaN in this sample
+
         def observe(step: Step, values: list[Any]) -> None:
             out = _float_out(values)
             if out is None:
@@ -82,6 +92,9 @@ class Collector:
             x = out.float()
             finite = torch.isfinite(x)
             if not bool(finite.all()):
+                if not carrying.intersection(step.float_inputs):
+                    st.nonfinite_origin = True
+                carrying.update(step.outputs)
                 st.inf_count += int(torch.isinf(x).sum())
                 st.nan_count += int(torch.isnan(x).sum())
                 x_abs = torch.where(finite, x.abs(), torch.zeros((), device=x.device))
@@ -143,26 +156,38 @@ def first_nonfinite(rows: Iterable[OpStats]) -> OpStats | None:
     return next((r for r in rows if r.first_nonfinite), None)
 
 
+def nonfinite_origins(rows: Iterable) -> list:
+    """The ops where inf/NaN originate (rows or CSV dicts); the others only pass them on."""
+    return [r for r in rows if (r.nonfinite_origin if isinstance(r, OpStats)
+                                else r.get("nonfinite_origin"))]
+
+
 def run_diagnostics(variant: Emulator, reference: Emulator | None,
-                    samples: Iterable[dict[str, np.ndarray]], ieee: Emulator | None = None):
+                    samples: list[dict[str, np.ndarray]], ieee: Emulator | None = None,
+                    desc: str = "emulating"):
     """Outputs per sample and the per-op table. ``reference`` is the FP32 program's emulator
     (None when the variant is the FP32 program itself: its error is 0 by definition).
-    ``ieee``: the same program under IEEE numerics; its outputs are returned as a third item."""
+    ``ieee``: the same program under IEEE numerics; its outputs are returned as a third item.
+    A progress bar advances per sample and names the program it is running."""
     collector = Collector(variant)
     outputs, ieee_outputs = [], []
-    for feeds in samples:
-        ref_acts = ieee_acts = None
-        if reference is not None:
-            _, ref_acts = capture(reference, feeds)
-        if ieee is not None:
-            out, ieee_acts = capture(ieee, feeds)
-            ieee_outputs.append(out)
-        outputs.append(variant.run(feeds, observe=collector.observer(ref_acts, ieee_acts)))
-        del ieee_acts
-        if reference is None:
-            for st in collector.stats.values():
-                st.rel_error_vs_fp32 = 0.0
-        del ref_acts
+    with progress.bar(desc, total=len(samples), unit="sample") as shown:
+        for feeds in samples:
+            ref_acts = ieee_acts = None
+            if reference is not None:
+                shown.set_postfix_str("FP32 reference")
+                _, ref_acts = capture(reference, feeds)
+            if ieee is not None:
+                shown.set_postfix_str("IEEE numerics")
+                out, ieee_acts = capture(ieee, feeds)
+                ieee_outputs.append(out)
+            shown.set_postfix_str("variant")
+            outputs.append(variant.run(feeds, observe=collector.observer(ref_acts, ieee_acts)))
+            del ieee_acts, ref_acts
+            if reference is None:
+                for st in collector.stats.values():
+                    st.rel_error_vs_fp32 = 0.0
+            shown.update()
     return outputs, collector.finish(), ieee_outputs
 
 
@@ -185,6 +210,7 @@ def read_table(path: Path) -> list[dict]:
         r["nan_count"] = int(r["nan_count"])
         r["rel_error_vs_fp32"] = float(r["rel_error_vs_fp32"]) if r["rel_error_vs_fp32"] not in ("", "None") else None
         r["first_nonfinite"] = r["first_nonfinite"] == "True"
+        r["nonfinite_origin"] = r.get("nonfinite_origin") == "True"
         r.setdefault("numerics", "ieee")
         d = r.get("rel_diff_vs_ieee")
         r["rel_diff_vs_ieee"] = float(d) if d not in (None, "", "None") else None

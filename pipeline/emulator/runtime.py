@@ -51,11 +51,27 @@ def quiet() -> Iterator[None]:
         yield
 
 
+_LOADED: dict[tuple, Any] = {}  # package files' (path, mtime, size) -> its program
+
+
 def load_program(package: str | Path):
-    """The MIL program of a saved .mlpackage, through coremltools' own loader."""
+    """The MIL program of a saved .mlpackage, through coremltools' own loader. A package
+    loaded before in this process, and unchanged since, is not parsed again (evaluate places,
+    emulates and diagnoses the same package)."""
     package = Path(package)
     if not package.exists():
         raise UserError(f"no Core ML package at {package}", "run the convert stage first")
+    stamp = (str(package.resolve()),) + tuple(
+        (str(f), f.stat().st_mtime_ns, f.stat().st_size)
+        for f in sorted(package.rglob("*")) if f.is_file())
+    if stamp not in _LOADED:
+        if len(_LOADED) >= 2:  # a stage reads one variant and its FP32 reference
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[stamp] = _parse_program(package)
+    return _LOADED[stamp]
+
+
+def _parse_program(package: Path):
     with quiet():
         import coremltools as ct
         from coremltools.converters.mil.frontend.milproto.load import load

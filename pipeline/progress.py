@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
+
 from tqdm import tqdm
+
 
 def enabled() -> bool:
     return os.environ.get("PIPELINE_PROGRESS", "1").lower() not in ("0", "off", "false", "no")

@@ -54,3 +54,33 @@ def tiny_run(tmp_path_factory):
     finally:
         os.chdir(cwd)
     return workdir
+
+
+HEARTBEAT_S = float(os.environ.get("PIPELINE_TEST_HEARTBEAT", "30"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A line every HEARTBEAT_S seconds while one test (with its fixtures) runs, so a long
+    end-to-end test (dvc repro, the browser) never leaves the suite silent."""
+    import threading
+    import time
+
+    config = item.config
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    capman = config.pluginmanager.getplugin("capturemanager")
+    stop, started = threading.Event(), time.monotonic()
+
+    def beat():
+        while not stop.wait(HEARTBEAT_S):
+            line = f"[{time.monotonic() - started:4.0f} s] still running {item.nodeid}"
+            with capman.global_and_fixture_disabled():
+                reporter.ensure_newline()
+                reporter.write_line(line)
+
+    if reporter is not None and capman is not None and HEARTBEAT_S > 0:
+        threading.Thread(target=beat, daemon=True, name="test-heartbeat").start()
+    try:
+        yield
+    finally:
+        stop.set()

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline import artifacts
 from tests.conftest import REPO
@@ -158,3 +159,19 @@ def test_concurrent_evaluations_all_land(repo):
         assert r.data.metrics["accuracy.snr_db"] == written["snr_db"]
         assert r.info.status == "FINISHED"
     assert before <= {r.info.run_id for r in mlflow_runs(path)}
+
+
+def test_switching_models_in_experiments_needs_no_variant_list(repo):
+    """Each model maps the variant slots to its own configs: minilm's mixed is
+    mixed_layernorm, tiny's the article's region; neither inherits the other's."""
+    path, _ = repo
+    for model in ("minilm", "tiny"):
+        out = sh(f"dvc exp run -S model={model}", path, timeout=1500)
+        assert "report" in ran_stages(out.stdout), out.stdout[-2000:]
+        lineage = artifacts.read_json(path / "artifacts" / "convert" / "mixed" / "lineage.json")
+        assert lineage["config"]["precision"]["config"] == ("mixed_layernorm" if model == "minilm"
+                                                            else None)
+        params = yaml.safe_load((path / "params.yaml").read_text())
+        assert params["model"] == model and params["variants"] == ["fp32", "fp16", "mixed", "auto"]
+    shown = sh("dvc exp show --json", path).stdout
+    assert '"minilm"' in shown and '"tiny"' in shown

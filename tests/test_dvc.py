@@ -162,16 +162,18 @@ def test_concurrent_evaluations_all_land(repo):
 
 
 def test_switching_models_in_experiments_needs_no_variant_list(repo):
-    """Each model maps the variant slots to its own configs: minilm's mixed is
-    mixed_layernorm, tiny's the article's region; neither inherits the other's."""
+    """Each model maps the variant slots to its own configs: an nn.LayerNorm model's mixed
+    is mixed_layernorm, tiny's the article's region; neither inherits the other's.
+    bert_tiny maps its slots as minilm does, at a fraction of the time (`dvc exp run -S
+    model=minilm` then `-S model=tiny` ran here too: 14.5 min on a loaded machine)."""
     path, _ = repo
-    for model in ("minilm", "tiny"):
+    for model in ("bert_tiny", "tiny"):
         out = sh(f"dvc exp run -S model={model}", path, timeout=1500)
         assert "report" in ran_stages(out.stdout), out.stdout[-2000:]
         lineage = artifacts.read_json(path / "artifacts" / "convert" / "mixed" / "lineage.json")
-        assert lineage["config"]["precision"]["config"] == ("mixed_layernorm" if model == "minilm"
+        assert lineage["config"]["precision"]["config"] == ("mixed_layernorm" if model != "tiny"
                                                             else None)
         params = yaml.safe_load((path / "params.yaml").read_text())
         assert params["model"] == model and params["variants"] == ["fp32", "fp16", "mixed", "auto"]
     shown = sh("dvc exp show --json", path).stdout
-    assert '"minilm"' in shown and '"tiny"' in shown
+    assert '"bert_tiny"' in shown and '"tiny"' in shown

@@ -72,6 +72,8 @@ def load_program(package: str | Path):
 
 
 def _parse_program(package: Path):
+    log.info("reading %s with coremltools' MIL loader", package.name if package.name !=
+             "model.mlpackage" else package.parent.name + "/" + package.name)
     with quiet():
         import coremltools as ct
         from coremltools.converters.mil.frontend.milproto.load import load

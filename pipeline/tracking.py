@@ -206,7 +206,16 @@ def store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-RUN_PID, RUN_HOST = "pipeline.pid", "pipeline.host"
+RUN_PID, RUN_HOST, RUN_JOB = "pipeline.pid", "pipeline.host", "pipeline.job"
+JOB_ENV = "PIPELINE_JOB_ID"  # set by a sweep's job (pipeline/sweeps): its runs carry the id
+
+
+def process_tags() -> dict[str, str]:
+    """Who made a run: its process and host, and the sweep job it belongs to (if any)."""
+    tags = {RUN_PID: str(os.getpid()), RUN_HOST: socket.gethostname()}
+    if os.environ.get(JOB_ENV):
+        tags[RUN_JOB] = os.environ[JOB_ENV]
+    return tags
 
 
 def close_orphans(client, exp_id: str) -> int:
@@ -255,8 +264,7 @@ def log_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any],
             exp = client.get_experiment_by_name(experiment)
             exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
             close_orphans(client, exp_id)
-            run = client.create_run(exp_id, run_name=run_name, tags={
-                **tags, RUN_PID: str(os.getpid()), RUN_HOST: socket.gethostname()})
+            run = client.create_run(exp_id, run_name=run_name, tags={**tags, **process_tags()})
             run_id = run.info.run_id
             now = int(time.time() * 1000)
             points = [Metric(k, float(v), now, 0) for k, v in metrics.items()]

@@ -242,6 +242,22 @@ def close_orphans(client, exp_id: str) -> int:
     return closed
 
 
+def experiment_id(client, name: str) -> str:
+    """The experiment's id, created if missing; workers of a sweep may race to create it."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # another worker created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
 def log_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any],
             metrics: Mapping[str, float], tags: Mapping[str, str],
             artifact_files: list[Path], series: Mapping[str, list[float]] | None = None) -> str:
@@ -261,8 +277,7 @@ def log_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any],
     with store_lock(uri):
         client = MlflowClient(tracking_uri=uri)
         try:
-            exp = client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+            exp_id = experiment_id(client, experiment)
             close_orphans(client, exp_id)
             run = client.create_run(exp_id, run_name=run_name, tags={**tags, **process_tags()})
             run_id = run.info.run_id

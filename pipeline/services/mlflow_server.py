@@ -1,6 +1,6 @@
 """An MLflow tracking server on a PostgreSQL backend store, with proxied artifact storage.
 
-    python -m pipeline.services.mlflow_server start [--dir .mlflow-server] [--port 5050]
+    python -m pipeline.services.mlflow_server start [--dir .mlflow-server] [--port 5050] [--host H]
     python -m pipeline.services.mlflow_server stop  [--dir .mlflow-server]
 
 `start` installs Debian's postgresql when it is missing (apt-get, as root), initialises a
@@ -96,12 +96,12 @@ def start_postgres(root: Path) -> int:
     return port
 
 
-def wait_health(uri: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+def wait_health(uri: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise UserError(f"mlflow server exited with code {proc.returncode} before answering",
-                            "see .mlflow-server/mlflow.log")
+                            f"see {log}")
         try:
             with urllib.request.urlopen(uri + "/health", timeout=2) as resp:
                 if resp.read(8).strip() == b"OK":
@@ -110,27 +110,28 @@ def wait_health(uri: str, proc: subprocess.Popen, timeout: float = 120.0) -> Non
             pass
         time.sleep(0.5)
     raise UserError(f"mlflow server at {uri} did not answer /health in {timeout:.0f} s",
-                    "see .mlflow-server/mlflow.log")
+                    f"see {log}")
 
 
-def start(root: Path = DEFAULT_DIR, port: int = DEFAULT_PORT) -> Server:
+def start(root: Path = DEFAULT_DIR, port: int = DEFAULT_PORT, host: str = "127.0.0.1") -> Server:
     root = Path(root)
     if (root / "server.json").is_file():
         stop(root)
     pg_port = start_postgres(root)
     (root / "artifacts").mkdir(parents=True, exist_ok=True)
-    store = f"postgresql://postgres@127.0.0.1:{pg_port}/mlflow"
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    store = f"postgresql+psycopg2://postgres@127.0.0.1:{pg_port}/mlflow"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job consumers: runs only
     with open(root / "mlflow.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
              "--artifacts-destination", str((root / "artifacts").resolve()), "--serve-artifacts",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+             "--host", host, "--port", str(port), "--workers", "1"],
             stdout=log, stderr=log, env=env, start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}", pg_port, proc.pid, str(root.resolve()))
+    server = Server(f"http://{socket.gethostname() if host == '0.0.0.0' else host}:{port}", pg_port, proc.pid, str(root.resolve()))
     (root / "server.json").write_text(json.dumps(asdict(server)))
     try:
-        wait_health(server.uri, proc)
+        wait_health(server.uri, proc, root / "mlflow.log")
     except BaseException:
         stop(root)
         raise
@@ -161,13 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 for workers elsewhere")
     args = parser.parse_args(argv)
     try:
         if args.action == "stop":
             stop(args.dir)
             print(f"stopped the MLflow server and PostgreSQL under {args.dir}")
             return 0
-        server = start(args.dir, args.port)
+        server = start(args.dir, args.port, args.host)
     except UserError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code

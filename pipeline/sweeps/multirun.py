@@ -29,9 +29,11 @@ QUIET = ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logg
          "hydra.job.chdir=false"]
 
 
-def job(stage: str, body: Callable[[DictConfig], object], show: bool, cfg: DictConfig) -> int:
+def job(stage: str, body: Callable[[DictConfig], object], show: bool, conf_dir: str | None,
+        cfg: DictConfig) -> int:
     """One job of a sweep, wherever the launcher runs it: the task overrides Hydra gave it,
-    through the single-run path. Returns its exit code."""
+    through the single-run path, composed from the driver's config folder (workers run the
+    same checkout). Returns its exit code."""
     from hydra.core.hydra_config import HydraConfig
 
     from pipeline import cli
@@ -39,6 +41,8 @@ def job(stage: str, body: Callable[[DictConfig], object], show: bool, cfg: DictC
     cli.setup_logging()
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
+    if conf_dir:
+        os.environ["PIPELINE_CONF_DIR"] = conf_dir
     os.environ[JOB_ENV] = str(hydra_cfg.job.get("id") or f"job{hydra_cfg.job.num}")
     log.info("multirun job #%d: %s", hydra_cfg.job.num, " ".join(overrides))
     try:
@@ -68,7 +72,8 @@ def run(stage: str, body: Callable[[DictConfig], object], args: Sequence[str], s
                                          config_search_path=create_config_search_path(
                                              str(conf_dir)))
         results = hydra.multirun(config_name="config", overrides=overrides,
-                                 task_function=functools.partial(job, stage, body, show),
+                                 task_function=functools.partial(
+                                     job, stage, body, show, os.environ.get("PIPELINE_CONF_DIR")),
                                  with_log_configuration=False)
     except MissingConfigException as exc:
         raise config._missing_option(exc, list(args), conf_dir) from None

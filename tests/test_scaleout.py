@@ -136,63 +136,65 @@ def work(tmp_path_factory):
 
 
 def sweep(work, uri, cluster, *args, timeout=600):
+    """Run an evaluate sweep on the cluster; also returns which node (session) each Ray job
+    process belonged to, seen with ps while it ran (Ray ends its workers with the driver)."""
     root, e = work
-    return subprocess.run(
+    driver = subprocess.Popen(
         [sys.executable, "-m", "pipeline.evaluate", "-m", "model=tiny",
          f"paths.artifacts={root / 'artifacts'}", f"tracking.uri={uri}",
          "hydra/launcher=cluster", f"hydra.launcher.address={cluster.address}", *args],
-        env=e, cwd=root, capture_output=True, text=True, timeout=timeout)
+        env=e, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sessions: dict[int, int] = {}
+    deadline = time.monotonic() + timeout
+    while driver.poll() is None and time.monotonic() < deadline:
+        sessions.update(job_processes())
+        time.sleep(0.3)
+    out, err = driver.communicate(timeout=30)
+    return subprocess.CompletedProcess(driver.args, driver.returncode, out, err), sessions
+
+
+def job_processes() -> dict[int, int]:
+    """pid -> session of every process running a sweep job on a Ray worker right now."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines() if "ray::_run_job" in line]
+    return {int(r[0]): int(r[1]) for r in rows if len(r) == 3 and r[2].startswith("ray::_run_job")}
 
 
 def test_cluster_sweep_of_six_jobs_lands_every_run_in_the_postgres_server(work, server, cluster):
-    proc = sweep(work, server, cluster, f"precision={','.join(VARIANTS)}",
-                 "tracking.experiment=six")
+    proc, sessions = sweep(work, server, cluster, f"precision={','.join(VARIANTS)}",
+                           "tracking.experiment=six")
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = runs_in(server, "six")
     assert sorted(r.data.tags["variant"] for r in runs) == sorted(VARIANTS)
     assert {r.info.status for r in runs} == {"FINISHED"}
     # the six jobs ran in Ray workers' processes on both worker nodes, not in the driver
-    pids = {int(p) for p in re.findall(r"\(_run_job pid=(\d+)", proc.stderr)}
-    assert {r.data.tags["pipeline.pid"] for r in runs} <= {str(p) for p in pids}
     assert len({r.data.tags["pipeline.job"] for r in runs}) == 6
-    sessions = {cluster.nodes[n].pid for n in ("linux1", "linux2")}
-    ran_on = {os.getsid(p) for p in pids if _alive(p)}
-    assert ran_on == sessions, (ran_on, sessions)
+    ran_on = {sessions.get(int(r.data.tags["pipeline.pid"])) for r in runs}
+    assert ran_on == {cluster.nodes[n].pid for n in ("linux1", "linux2")}, (ran_on, sessions)
     assert not list(work[0].glob("outputs")) and not list(work[0].rglob("multirun.yaml"))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def test_coreml_jobs_wait_for_a_mac_worker_and_only_it_takes_them(work, server, cluster):
     # no node offers `macos`: the job is not given to a Linux worker; it fails in one line
-    proc = sweep(work, server, cluster, "precision=fp32,fp16", "backend=coreml",
-                 "hydra.launcher.mac_wait_s=3", "tracking.experiment=mac")
+    proc, sessions = sweep(work, server, cluster, "precision=fp32,fp16", "backend=coreml",
+                           "hydra.launcher.mac_wait_s=3", "tracking.experiment=mac")
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 1 and len(errors) == 2, proc.stderr[-3000:]
     assert all("no Mac worker in the Ray cluster" in e and "--resources" in e for e in errors)
-    assert "_run_job pid=" not in proc.stderr  # no worker ever started it
+    assert not sessions and "_run_job pid=" not in proc.stderr  # no worker ever started one
     # a worker offering `macos` joins: the coreml jobs run there (and on Linux, the coreml
     # backend refuses in its own line: the routing worked, the platform is not a Mac)
     cluster.start("mac", '--resources={"macos": 1}')
     cluster.wait_nodes(4)
-    proc = sweep(work, server, cluster, "precision=fp32", "backend=coreml",
-                 "tracking.experiment=mac")
-    pids = {int(p) for p in re.findall(r"\(_run_job pid=(\d+)", proc.stderr)}
-    assert pids and {os.getsid(p) for p in pids} == {cluster.nodes["mac"].pid}
+    proc, sessions = sweep(work, server, cluster, "precision=fp32", "backend=coreml",
+                           "tracking.experiment=mac")
+    assert set(sessions.values()) == {cluster.nodes["mac"].pid}, sessions
     assert proc.returncode == 2 and "macOS" in proc.stderr, proc.stderr[-3000:]
     cluster.kill("mac")
 
 
 def _job_running_on(session: int) -> bool:
-    out = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout
-    return any(int(line.split()[1]) == session and "ray::_run_job" in line
-               for line in out.splitlines() if line.strip())
+    return session in job_processes().values()
 
 
 def test_a_worker_killed_mid_job_costs_that_job_only(work, server, cluster):

@@ -8,7 +8,7 @@ it lacks:
 - no silent retries: a job whose worker dies fails (Ray's `max_retries` is 0 by default;
   set `hydra.launcher.max_retries=N` to allow N retries, logged as such by Ray);
 - one failed job does not sink the sweep: each job's result is gathered on its own, a lost
-  job becomes a FAILED JobReturn (pipeline/sweeps/multirun.py prints one line for it), and
+  job returns `Lost` (pipeline/sweeps/multirun.py prints one line for it), and
   the MLflow runs it left RUNNING are marked KILLED (pipeline/sweeps/runs.py).
 """
 from __future__ import annotations
@@ -130,8 +130,18 @@ class ClusterLauncher(Launcher):
         return [results[i] for i in sorted(results)]
 
 
-def failed(cfg: DictConfig, overrides: Sequence[str], exc: BaseException) -> JobReturn:
-    ret = JobReturn(overrides=list(overrides), hydra_cfg=cfg, status=JobStatus.FAILED)
-    ret._return_value = exc
-    return ret
+@dataclass
+class Lost:
+    """What a job that never finished returns (its worker died, no worker could take it).
+    Hydra's basic sweeper raises on a FAILED JobReturn, ending the whole sweep, so a lost job
+    is a COMPLETED JobReturn holding this; pipeline/sweeps/multirun.py prints its line."""
+    reason: str
+    exit_code: int = 1
 
+
+def failed(cfg: DictConfig, overrides: Sequence[str], exc: BaseException) -> JobReturn:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    ret = JobReturn(overrides=list(overrides), hydra_cfg=cfg, status=JobStatus.COMPLETED)
+    ret.return_value = Lost(f"{type(exc).__name__}: {first}" if not isinstance(exc, UserError)
+                            else first)
+    return ret

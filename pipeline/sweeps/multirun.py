@@ -89,30 +89,31 @@ def run(stage: str, body: Callable[[DictConfig], object], args: Sequence[str], s
                           "PIPELINE_LOG_LEVEL=DEBUG shows the traceback")
         error.exit_code = 1
         raise error from None
+    except KeyboardInterrupt:
+        error = UserError(f"{stage} sweep interrupted", "jobs already finished kept their "
+                          "outputs and MLflow runs; run the sweep again for the rest")
+        error.exit_code = 130
+        raise error from None
     finally:
         GlobalHydra.instance().clear()
         shutil.rmtree(scratch, ignore_errors=True)
-    return summarize([r for batch in results for r in batch])
+    batches = results if isinstance(results, list) else []  # a sweeper may return its own
+    return summarize([r for batch in batches for r in (batch if isinstance(batch, list) else [])])
 
 
 def summarize(returns: list) -> int:
-    """The worst exit code of the jobs; one line on stderr for each job that did not finish
+    """The worst exit code of the jobs; one line on stderr for each job that never finished
     (a job that finished with an error has already printed its own line)."""
-    from hydra.core.utils import JobStatus
+    from pipeline.sweeps.cluster import Lost
 
-    worst = 0
+    worst, done = 0, 0
     for ret in returns:
-        name = " ".join(ret.overrides or [])
-        if ret.status == JobStatus.COMPLETED:
-            code = ret.return_value if isinstance(ret.return_value, int) else 0
-        else:
-            exc = ret._return_value
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            print(f"error: sweep job #{ret.hydra_cfg.hydra.job.num if ret.hydra_cfg else '?'} "
-                  f"({name}) failed: {first}", file=sys.stderr)
-            code = 1
+        value = ret.return_value
+        if isinstance(value, Lost):
+            print(f"error: sweep job #{ret.hydra_cfg.hydra.job.num} ({' '.join(ret.overrides)}) "
+                  f"failed: {value.reason}", file=sys.stderr)
+        code = value.exit_code if isinstance(value, Lost) else value if isinstance(value, int) else 0
+        done += code == 0
         worst = max(worst, code)
-    done = sum(1 for r in returns if r.status == JobStatus.COMPLETED and r.return_value == 0)
     log.info("sweep: %d of %d jobs finished", done, len(returns))
     return worst
-

@@ -227,9 +227,9 @@ def test_dvc_queue_runs_two_experiments_with_two_workers(tmp_path, server):
 
     repo = copy_repo(tmp_path / "repo")
     for chip in ("M1", "M2"):
-        sh(f"dvc exp run --queue -S model=tiny -S 'variants=[fp32,fp16]' "
-           f"-S 'overrides=tracking.uri={server} tracking.experiment=queue device.chip={chip}'",
-           repo)
+        # -S takes Hydra's override grammar: a value with spaces and '=' is quoted in it
+        sh(f"dvc exp run --queue -S model=tiny -S 'variants=[fp32,fp16]' -S \"overrides="
+           f"'tracking.uri={server} tracking.experiment=queue device.chip={chip}'\"", repo)
     sh("dvc queue start -j 2", repo)
     deadline = time.monotonic() + 900
     try:

@@ -119,14 +119,20 @@ class ClusterLauncher(Launcher):
                 hydra_context=self.hydra_context, sweep_config=cfg,
                 task_function=self.task_function, singleton_state=Singleton.get_state())
             pending[ref] = (idx, cfg)
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            idx, cfg = pending.pop(done[0])
-            try:
-                results[idx] = ray.get(done[0])
-            except Exception as exc:  # the worker died, or Ray lost the task
-                results[idx] = failed(cfg, cfg.hydra.overrides.task, exc)
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                idx, cfg = pending.pop(done[0])
+                try:
+                    results[idx] = ray.get(done[0])
+                except Exception as exc:  # the worker died, or Ray lost the task
+                    results[idx] = failed(cfg, cfg.hydra.overrides.task, exc)
+                    runs.close_job_runs(cfg, cfg.hydra.job.id)
+        except KeyboardInterrupt:  # Ctrl-C on the driver: stop the rest, close their runs
+            for ref, (idx, cfg) in pending.items():
+                ray.cancel(ref, force=True)
                 runs.close_job_runs(cfg, cfg.hydra.job.id)
+            raise
         return [results[i] for i in sorted(results)]
 
 

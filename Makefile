@@ -6,7 +6,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test browser ui bench clean
+.PHONY: setup run test browser ui bench clean mlflow-server mlflow-server-stop ray-head ray-worker \
+        ray-mac-worker ray-stop
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +33,32 @@ ui:                   ## the MLflow UI on the project's store
 bench: setup          ## emulator speed and precision-search benchmarks
 	python -m benchmarks.emulator_speed
 	python -m benchmarks.search
+	python -m benchmarks.sweep_parallel
+
+# Fan out (README, "Fan out"): a shared MLflow server and a Ray cluster for hydra/launcher=cluster
+MLFLOW_PORT ?= 5050
+MLFLOW_HOST ?= 127.0.0.1
+RAY_PORT    ?= 6379
+HEAD        ?= 127.0.0.1:$(RAY_PORT)
+
+mlflow-server: setup  ## MLflow on PostgreSQL (installed if missing), artifacts proxied, in .mlflow-server/
+	python -m pipeline.services.mlflow_server start --dir .mlflow-server --port $(MLFLOW_PORT) --host $(MLFLOW_HOST)
+
+mlflow-server-stop:
+	python -m pipeline.services.mlflow_server stop --dir .mlflow-server
+
+ray-head: setup       ## the Ray head: schedules jobs, runs none (workers do)
+	PYTHONPATH=$(CURDIR) ray start --head --port=$(RAY_PORT) --num-cpus=0 --include-dashboard=false --disable-usage-stats
+
+ray-worker: setup     ## a Linux worker (emulator jobs): make ray-worker HEAD=host:6379
+	PYTHONPATH=$(CURDIR) ray start --address=$(HEAD) --disable-usage-stats
+
+ray-mac-worker: setup ## a Mac worker (takes backend=coreml jobs): make ray-mac-worker HEAD=host:6379
+	@test "$$(uname -s)" = Darwin || { echo "error: ray-mac-worker offers the 'macos' resource: run it on a Mac -- use make ray-worker here"; exit 2; }
+	PYTHONPATH=$(CURDIR) ray start --address=$(HEAD) --resources='{"macos": 1}' --disable-usage-stats
+
+ray-stop:             ## stop this machine's Ray node(s)
+	ray stop
 
 clean:
 	rm -rf artifacts mlruns mlflow.db mlflow.db.lock

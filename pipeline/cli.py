@@ -20,7 +20,8 @@ USAGE = """usage: python -m pipeline.{stage} [--cfg] [-m] [key=value ...]
 
 Hydra overrides, for example: model=minilm precision=fp16 backend=emulator
   --cfg          print the composed config and exit
-  -m, --multirun run once per combination of sweep values: precision=fp16,mixed
+  -m, --multirun run once per combination of sweep values: precision=fp16,mixed, through
+                 Hydra's launcher: hydra/launcher=joblib (local processes) or cluster (Ray)
 Config groups live in conf/; see README.md."""
 
 
@@ -46,17 +47,15 @@ def run_stage(stage: str, body: Callable[[DictConfig], object],
     show = "--cfg" in args
     multirun = "-m" in args or "--multirun" in args
     args = [a for a in args if a not in ("--cfg", "-m", "--multirun")]
+    if not multirun:
+        return _run_one(stage, body, args, show)
+    from pipeline.sweeps import multirun as sweeps
+
     try:
-        jobs = sweep(args) if multirun else [args]
+        return sweeps.run(stage, body, args, show)
     except UserError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
-    worst = 0
-    for i, job in enumerate(jobs):
-        if multirun:
-            log.info("multirun job %d/%d: %s", i + 1, len(jobs), " ".join(job))
-        worst = max(worst, _run_one(stage, body, job, show))
-    return worst
 
 
 def _run_one(stage: str, body: Callable[[DictConfig], object], args: list[str], show: bool) -> int:
@@ -145,27 +144,6 @@ def check_artifacts_root(root: str) -> None:
             if not os.access(sub, os.W_OK | os.X_OK):
                 raise UserError(f"'{sub}' is not writable (read-only or no permission)",
                                 "make it writable, or set paths.artifacts=DIR")
-
-
-def sweep(args: Sequence[str]) -> list[list[str]]:
-    """Hydra's sweep syntax (a,b / range / choice) expanded to one override list per job."""
-    import itertools
-
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(args))
-    except HydraException as exc:
-        raise UserError(f"bad override in {list(args)}: {str(exc).splitlines()[0]}") from None
-    axes = []
-    for o in parsed:
-        if o.is_sweep_override():
-            key = o.get_key_element()
-            axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
-        else:
-            axes.append([o.input_line])
-    return [list(combo) for combo in itertools.product(*axes)]
 
 
 def main_for(stage: str, body: Callable[[DictConfig], object]) -> None:

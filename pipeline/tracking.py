@@ -206,7 +206,16 @@ def store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-RUN_PID, RUN_HOST = "pipeline.pid", "pipeline.host"
+RUN_PID, RUN_HOST, RUN_JOB = "pipeline.pid", "pipeline.host", "pipeline.job"
+JOB_ENV = "PIPELINE_JOB_ID"  # set by a sweep's job (pipeline/sweeps): its runs carry the id
+
+
+def process_tags() -> dict[str, str]:
+    """Who made a run: its process and host, and the sweep job it belongs to (if any)."""
+    tags = {RUN_PID: str(os.getpid()), RUN_HOST: socket.gethostname()}
+    if os.environ.get(JOB_ENV):
+        tags[RUN_JOB] = os.environ[JOB_ENV]
+    return tags
 
 
 def close_orphans(client, exp_id: str) -> int:
@@ -233,6 +242,22 @@ def close_orphans(client, exp_id: str) -> int:
     return closed
 
 
+def experiment_id(client, name: str) -> str:
+    """The experiment's id, created if missing; workers of a sweep may race to create it."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # another worker created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
 def log_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any],
             metrics: Mapping[str, float], tags: Mapping[str, str],
             artifact_files: list[Path], series: Mapping[str, list[float]] | None = None) -> str:
@@ -252,11 +277,9 @@ def log_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any],
     with store_lock(uri):
         client = MlflowClient(tracking_uri=uri)
         try:
-            exp = client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+            exp_id = experiment_id(client, experiment)
             close_orphans(client, exp_id)
-            run = client.create_run(exp_id, run_name=run_name, tags={
-                **tags, RUN_PID: str(os.getpid()), RUN_HOST: socket.gethostname()})
+            run = client.create_run(exp_id, run_name=run_name, tags={**tags, **process_tags()})
             run_id = run.info.run_id
             now = int(time.time() * 1000)
             points = [Metric(k, float(v), now, 0) for k, v in metrics.items()]

@@ -48,9 +48,8 @@ def mlflow_runs(repo: Path) -> list:
     return client.search_runs([exp.experiment_id], max_results=1000) if exp else []
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    dest = tmp_path_factory.mktemp("repo")
+def copy_repo(dest: Path) -> Path:
+    """The repository's files (tracked and new) in a fresh git repo at dest, model tiny."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for f in files:
@@ -61,6 +60,12 @@ def repo(tmp_path_factory):
     (dest / "params.yaml").write_text(params)
     (dest / "dvc.lock").unlink(missing_ok=True)
     sh("git init -q && git add -A && git -c user.email=t@t -c user.name=t commit -qm init", dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    dest = copy_repo(tmp_path_factory.mktemp("repo"))
     first = sh("dvc repro", dest)
     return dest, first.stdout
 

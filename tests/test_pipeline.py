@@ -194,16 +194,26 @@ def test_selector_regions_types_and_names():
         "fp32_regions": [{"start": "pow", "end": "sqrt"}], "fp32_names": ["re:conv_7.*"]}
 
 
-def test_multirun_sweeps_run_each_job_and_exit_with_the_worst(tiny_run, capsys, monkeypatch):
+def test_multirun_goes_through_hydras_launchers_and_checks_every_job_first(tiny_run, capsys,
+                                                                          monkeypatch):
     from pipeline import convert
     from pipeline.cli import run_stage
 
     monkeypatch.chdir(tiny_run)
     base = [f"paths.artifacts={tiny_run / 'artifacts'}", "model=tiny"]
+    # Hydra's sweeper composes every job before launching any: a bad one stops the sweep
     code = run_stage("convert", convert.run, ["-m", *base, "precision=optype,nope"])
     err = capsys.readouterr().err
     assert code == 2 and "error: unknown precision 'nope'" in err
-    assert (tiny_run / "artifacts" / "convert" / "optype" / "report.json").is_file()
+    assert not (tiny_run / "artifacts" / "convert" / "optype").exists()
+    # the joblib launcher runs the jobs in worker processes; Hydra leaves nothing behind
+    code = run_stage("convert", convert.run, ["-m", *base, "precision=optype,fp16",
+                                              "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+    assert code == 0, capsys.readouterr().err
+    for v in ("optype", "fp16"):
+        assert (tiny_run / "artifacts" / "convert" / v / "report.json").is_file()
+    assert not [p for p in tiny_run.iterdir() if p.name in ("outputs", "multirun")]
+    assert not list(tiny_run.rglob("*.log")) and not list(tiny_run.rglob("multirun.yaml"))
     code = run_stage("convert", convert.run, ["--multirun", "--cfg", *base, "precision=fp16,fp32"])
     out = capsys.readouterr().out
     assert code == 0 and "compute: fp16" in out and "compute: fp32" in out

@@ -1,0 +1,60 @@
+"""The same 4-job sweep (convert the tiny model to fp32, fp16, mixed, optype), run one job
+after the other (hydra/launcher=basic) and with Hydra's joblib launcher (n_jobs=2), the two
+interleaved in one run; prints each wall time and the ratio joblib / sequential.
+    python -m benchmarks.sweep_parallel [--repeats 1]
+Each sweep is a fresh `python -m pipeline.convert -m ...` process, so both pay the same
+start-up; the jobs write to separate artifact folders per launcher (one shared trace).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+JOBS = "precision=fp32,fp16,mixed,optype"
+LAUNCHERS = {"sequential": ["hydra/launcher=basic"],
+             "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
+
+
+def run(args: list[str], cwd: Path) -> float:
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    if proc.returncode:
+        sys.exit(f"error: {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=1)
+    opts = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        base = ["model=tiny", "tracking.enabled=false"]
+        run(["pipeline.trace", *base, f"paths.artifacts={work / 'trace-only'}"], work)
+        times: dict[str, list[float]] = {name: [] for name in LAUNCHERS}
+        for _ in range(opts.repeats):
+            for name, launcher in LAUNCHERS.items():  # interleaved: seq, joblib, seq, ...
+                art = work / name
+                shutil.rmtree(art, ignore_errors=True)
+                shutil.copytree(work / "trace-only", art)
+                times[name].append(run(["pipeline.convert", "-m", *base, f"paths.artifacts={art}",
+                                        JOBS, *launcher], work))
+    seq, par = (statistics.median(times[n]) for n in LAUNCHERS)
+    print(f"\n4 convert jobs of the tiny model on {os.cpu_count()} cores (median of "
+          f"{opts.repeats}, interleaved)")
+    print(f"{'launcher':22s} {'wall s':>7s}")
+    print(f"{'basic (one by one)':22s} {seq:7.1f}")
+    print(f"{'joblib, n_jobs=2':22s} {par:7.1f}")
+    print(f"ratio joblib / sequential: {par / seq:.2f}x (target <= 0.65x)")
+
+
+if __name__ == "__main__":
+    main()

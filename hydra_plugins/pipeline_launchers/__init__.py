@@ -1,0 +1,1 @@
+"""The pipeline's Hydra launcher plugins (found by Hydra through the hydra_plugins namespace)."""

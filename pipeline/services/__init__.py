@@ -1,0 +1,1 @@
+"""Servers the pipeline talks to when it fans out: PostgreSQL + an MLflow tracking server."""

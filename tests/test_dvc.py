@@ -153,7 +153,7 @@ def test_concurrent_evaluations_all_land(repo):
     for r in after:
         written = artifacts.read_json(path / "artifacts" / "evaluate" / r.data.tags["variant"]
                                       / "metrics.json")["accuracy"]
-        assert r.data.metrics["accuracy.cosine_min"] == written["cosine_min"]
-        assert r.data.metrics["accuracy.snr_db"] == written["snr_db"]
+        assert r.data.metrics["accuracy/cosine_min"] == written["cosine_min"]
+        assert r.data.metrics["accuracy/snr_db"] == written["snr_db"]
         assert r.info.status == "FINISHED"
     assert before <= {r.info.run_id for r in mlflow_runs(path)}

@@ -345,7 +345,7 @@ def log_to_mlflow(cfg, manifest, variant, backend, result, details, folder: Path
              folder / "conversion_report.json", folder / "placement.csv",
              *sorted((folder / "placement").glob("*.csv"))]
     experiment = cfg.tracking.experiment or manifest["model"]
-    return tracking.log_run(cfg.tracking.uri, experiment, f"{manifest['model']}-{variant}-{backend}",
+    return tracking.log_run(cfg.tracking.uri, experiment, f"{variant}-{backend}",
                             params, numbers, tags, files,
                             description=describe(to_dict(cfg.precision), result,
                                                  details.get("first_nonfinite_op")))

@@ -342,9 +342,10 @@ def log_to_mlflow(cfg: DictConfig, model: str, variants: list[dict], best: dict 
     verdict = (f"**Recommendation: `{best['name']}`** (the fastest variant that meets the "
                f"model's tolerance under {units})" if best else
                "**No variant meets the model's tolerance.**")
-    description = "\n\n".join([f"### {model}: {len(variants)} precision variants", md, verdict,
+    description = "\n\n".join([md, verdict,  # the table first: the run page shows its top
                                 "Artifacts: `comparison.json` (this table), `report.md`, "
-                                "`tradeoff.png`, `ops.png`. Each variant is a nested run."])
+                                "`tradeoff.png`, `ops.png`. Each variant is a nested run.",
+                                f"Model **{model}**, {len(variants)} precision variants."])
     _, kind = tracking.headline_ms(tracking.summary(variants[0]["metrics"]), units)
     files = [folder / n for n in ("report.md", "tradeoff.png", "ops.png", "tradeoff.csv")]
     tags = {"recommended": best["name"] if best else "none", "variants": ",".join(table["variant"]),

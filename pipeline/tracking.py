@@ -282,6 +282,8 @@ def close_orphans(client, exp_id: str) -> int:
 # ---- the pipeline run: one parent MLflow run per `dvc repro` / `dvc exp run` / PIPELINE_RUN_ID
 KIND, PIPELINE_KEY, NOTE = "kind", "pipeline.key", "mlflow.note.content"
 PARENT_RUN = "mlflow.parentRunId"
+# an evaluation run: on a first visit, MLflow's runs table expands the parents of such runs
+RUN_TYPE = "mlflow.runType"
 # MLflow 3's UI opens an experiment of this kind in its model-training views (runs table,
 # charts), not the GenAI overview: the experiment tag the UI reads
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
@@ -480,7 +482,8 @@ def log_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any],
         model = tags.get("model", experiment)
         run = client.create_run(exp_id, run_name=run_name, tags={
             **tags, **_grouping(client, exp_id, model), RUN_PID: str(os.getpid()),
-            RUN_HOST: socket.gethostname(), **({NOTE: description[:8000]} if description else {})})
+            RUN_HOST: socket.gethostname(), **({NOTE: description[:8000]} if description else {}),
+            **({RUN_TYPE: "evaluation"} if tags.get(KIND) == "variant" else {})})
         run_id = run.info.run_id
         opened.append(run_id)
         _log(client, run_id, metrics, params, series, artifact_files)
@@ -519,7 +522,8 @@ def log_report(uri: str, experiment: str, model: str, table: Mapping[str, list],
             client.set_terminated(run_id, "FINISHED")
             opened.remove(run_id)
         save_view(client, exp_id, "variants", view_columns)
-    log.info("MLflow: report in run %s of experiment '%s' at %s", run_id, experiment, uri)
+    log.info("MLflow: report in run %s of experiment '%s' at %s; the variants side by side: %s",
+             run_id, experiment, uri, view_url(uri, exp_id))
     return run_id
 
 
@@ -529,12 +533,18 @@ def save_view(client, exp_id: str, name: str, columns: list[str]) -> None:
     shows ``columns`` (metric names) beside the run names."""
     import json
 
-    state = {"selectedColumns": [f"metrics.`{c}`" for c in columns], "compareRunsMode": "TABLE",
-             "orderByKey": "attributes.start_time", "orderByAsc": False}
+    keys = [f"metrics.`{c}`" for c in columns]
+    state = {"selectedColumns": keys, "columnOrder": keys,  # widths apply to ordered columns
+             "columnWidths": {k: int(22 + 6.5 * len(c)) for k, c in zip(keys, columns)},
+             "compareRunsMode": "TABLE", "orderByKey": "attributes.start_time", "orderByAsc": False}
     now = int(time.time() * 1000)
     client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{name}", json.dumps(
         {"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}))
 
 
-def view_url(exp_id: str, name: str = "variants") -> str:
-    return f"#/experiments/{exp_id}/runs?viewStateShareKey={name}"
+def view_url(uri: str, exp_id: str, name: str = "variants") -> str:
+    """Where a person sees the variants side by side: the runs table in MLflow's model
+    training view (the UI opens GenAI views without workflowType), with the view's columns."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return (f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey={name}"
+            "&workflowType=machine_learning")

@@ -76,6 +76,16 @@ def test_repro_runs_every_stage_and_writes_metrics(repo):
     assert variants == ["auto", "fp16", "fp32", "mixed"]
     assert [r for r in mlflow_runs(path) if r.data.tags.get("kind") == "search"]
     assert not list(path.glob("outputs")) and not list(path.glob("**/.hydra"))
+    # one parent MLflow run for the `dvc repro`: the variants and the search nested, the
+    # report in it, nothing left RUNNING
+    runs = mlflow_runs(path)
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
+    assert parent.data.tags["pipeline.source"].startswith("dvc repro (pid ")
+    assert parent.data.tags["report.done"] == "true" and parent.data.tags["recommended"] != "none"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags.get("variant", "search") for r in children) == [
+        "auto", "fp16", "fp32", "mixed", "search"]
+    assert all(r.info.status == "FINISHED" for r in runs)
 
 
 def test_second_repro_does_nothing(repo):
@@ -138,6 +148,8 @@ def test_sigkill_leaves_nothing_half_written_and_repro_recovers(repo, stage):
     assert (target / COMPLETE[kind]).is_file()
     assert sh("dvc status", path).stdout.strip().endswith("up to date.")
     assert len(mlflow_runs(path)) > runs_before  # earlier runs kept, new ones added
+    parents = [r for r in mlflow_runs(path) if r.data.tags.get("kind") == "pipeline"]
+    assert len({r.data.tags["pipeline.key"] for r in parents}) == len(parents) >= 2  # a new parent
 
 
 def test_concurrent_evaluations_all_land(repo):
@@ -157,3 +169,39 @@ def test_concurrent_evaluations_all_land(repo):
         assert r.data.metrics["accuracy/snr_db"] == written["snr_db"]
         assert r.info.status == "FINISHED"
     assert before <= {r.info.run_id for r in mlflow_runs(path)}
+
+
+def test_compare_puts_two_models_experiments_in_rows_that_fit_a_terminal(repo):
+    """`dvc exp run` for two models, then `make compare`'s command: one row per experiment
+    and variant, at most 200 columns; each experiment's MLflow runs nest under a parent
+    named after it."""
+    path, _ = repo
+    sh("dvc exp run -n tiny-two -S 'variants=[fp32,fp16]'", path)
+    sh("dvc exp run -n custom-two -S model=custom -S 'variants=[fp32,fp16]'", path)
+    wide = sh("dvc exp show --no-pager", path).stdout
+    out = sh("python -m pipeline.compare", path).stdout
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 200, out
+    rows = {(r[0], r[2]): r for r in (line.split() for line in lines[2:])}
+    assert {("tiny-two", "fp32"), ("tiny-two", "fp16"), ("custom-two", "fp32"),
+            ("custom-two", "fp16")} <= set(rows), out
+    assert rows[("tiny-two", "fp16")][1] == "tiny" and rows[("custom-two", "fp16")][1] == "custom"
+    summary = artifacts.read_json(path / "artifacts" / "evaluate" / "fp16" / "summary.json")
+    row = rows[("custom-two", "fp16")]  # the workspace holds the last experiment's outputs
+    assert row[3] == ("yes" if summary["accuracy"]["passes"] else "no")
+    assert row[4] == f"{summary['accuracy']['snr_db']:.1f}"
+    assert row[6] == f"{summary['placement']['ne_share']:.2f}"
+    assert row[7] == f"{summary['latency']['est_ms_ALL']:.2f}" and row[8] == "est"
+    assert "accuracy.snr_db" in wide  # dvc's own table has the same short keys
+    md = sh("python -m pipeline.compare --md", path).stdout
+    assert md.startswith("| experiment | model | variant |") and "| custom-two | custom | fp16 |" in md
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("custom")
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
+    assert parent.info.run_name == "custom-custom-two"
+    nested = sorted(r.data.tags["variant"] for r in runs
+                    if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
+    assert nested == ["fp16", "fp32"]

@@ -284,8 +284,8 @@ KIND, PIPELINE_KEY, NOTE = "kind", "pipeline.key", "mlflow.note.content"
 PARENT_RUN = "mlflow.parentRunId"
 # an evaluation run: on a first visit, MLflow's runs table expands the parents of such runs
 RUN_TYPE = "mlflow.runType"
-# MLflow 3's UI opens an experiment of this kind in its model-training views (runs table,
-# charts), not the GenAI overview: the experiment tag the UI reads
+# a model-training experiment, not a GenAI one: the experiment tag MLflow's UI reads where it
+# has no workflow switch (3.17's OSS UI follows ?workflowType=machine_learning: view_url)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 SAFE_ID = re.compile(r"[A-Za-z0-9_.:@/+-]{1,200}")
 

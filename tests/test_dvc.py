@@ -71,7 +71,7 @@ def test_repro_runs_every_stage_and_writes_metrics(repo):
     for v in ("fp32", "fp16", "mixed", "auto"):
         assert {f"convert@{v}", f"compile@{v}", f"evaluate@{v}"} <= set(stages)
     shown = sh("dvc metrics show", path).stdout
-    assert "accuracy.cosine_min" in shown and "placement.ne_op_share" in shown
+    assert "accuracy.cosine_min" in shown and "placement.ne_share" in shown
     variants = sorted(r.data.tags["variant"] for r in mlflow_runs(path) if "variant" in r.data.tags)
     assert variants == ["auto", "fp16", "fp32", "mixed"]
     assert [r for r in mlflow_runs(path) if r.data.tags.get("kind") == "search"]

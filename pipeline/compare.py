@@ -35,7 +35,7 @@ def exp_show(extra: list[str]) -> list[dict]:
     proc = subprocess.run([dvc, "exp", "show", "--json", *extra], capture_output=True, text=True)
     if proc.returncode:
         last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise UserError(f"`dvc exp show --json {' '.join(extra)}` failed: {last}",
+        raise UserError(f"`{' '.join(['dvc exp show --json', *extra])}` failed: {last}",
                         "run it in the project folder (a DVC repo with a git commit)")
     return json.loads(proc.stdout or "[]")
 
@@ -43,7 +43,8 @@ def exp_show(extra: list[str]) -> list[dict]:
 def revisions(entries: list[dict]) -> Iterator[tuple[str, dict]]:
     """(label, data) for the workspace, each commit and each of its experiments."""
     for entry in entries:
-        label = entry.get("name") or (entry.get("rev") or "?")[:7]
+        rev = entry.get("rev") or "?"
+        label = entry.get("name") or (rev if rev == "workspace" else rev[:7])
         if entry.get("data"):
             yield label, entry["data"]
         for exp in entry.get("experiments") or []:

@@ -6,8 +6,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test browser ui bench clean mlflow-server mlflow-server-stop ray-head ray-worker \
-        ray-mac-worker ray-stop
+.PHONY: setup run test browser ui bench compare clean mlflow-server mlflow-server-stop \
+        ray-head ray-worker ray-mac-worker ray-stop
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ browser:              ## Debian's chromium, for the MLflow UI test (skipped with
 
 ui:                   ## the MLflow UI on the project's store
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+compare: setup        ## experiments x variants: SNR, passes, NE share, latency (fits a terminal)
+	python -m pipeline.compare
 
 bench: setup          ## emulator speed and precision-search benchmarks
 	python -m benchmarks.emulator_speed

@@ -4,6 +4,8 @@ The backend (pipeline/backends, chosen by `backend`) answers for accuracy, place
 latency; the emulator gives the per-op diagnostics on every backend. Reads artifacts/trace/,
 artifacts/convert/<variant>/ (and the fp32 variant's package, the reference for per-op
 errors), artifacts/compile/<variant>/. Writes artifacts/evaluate/<variant>/:
+  summary.json    the headline figures under short keys (accuracy.snr_db, placement.ne_share,
+                  latency.est_ms_ALL, ...): DVC's metrics, the same names as in MLflow
   metrics.json    accuracy (emulated, or measured per compute-units setting on macOS);
                   placement and latency per compute-units setting for device.chip (estimated
                   by the device model; on macOS measured, with the estimate and its error
@@ -282,6 +284,7 @@ def run(cfg: DictConfig) -> None:
             "tolerance": tolerance,
         }
         artifacts.write_json(tmp / "metrics.json", result)
+        artifacts.write_json(tmp / "summary.json", tracking.summary(result))  # DVC's metrics
         artifacts.write_json(tmp / "run.json", details)
         artifacts.write_json(tmp / "conversion_report.json", conversion)
         artifacts.write_lineage(tmp, "evaluate", {"model": {"name": manifest["model"]},
@@ -307,29 +310,55 @@ def run(cfg: DictConfig) -> None:
              lat["source"])
 
 
+def describe(precision: dict, result: dict, first_bad: dict | None) -> str:
+    """What the variant is and how it did, in one line: the MLflow run's description."""
+    compute = precision.get("compute")
+    kept = [f"{r['start']}..{r['end']}" for r in precision.get("fp32_regions") or []]
+    kept += [f"every {t}" for t in precision.get("fp32_ops") or []]
+    kept += [f"ops named {n}" for n in precision.get("fp32_names") or []]
+    what = {"fp32": "FP32 throughout", "fp16": "FP16 throughout",
+            "auto": "FP16 with the ops precision=auto found kept in FP32"}.get(
+        compute, f"FP16 with {', '.join(kept) or 'nothing'} kept in FP32")
+    acc, lat, prog = result["accuracy"], result["latency"], result["program"]
+    units = lat["compute_units"]
+    ms, kind = tracking.headline_ms(tracking.summary(result), units)
+    verdict = "passes" if acc["passes"] else "**fails**"
+    bad = f" (first non-finite op: {first_bad['op_type']} `{first_bad['name']}`)" if first_bad else ""
+    return (f"{what}: {prog['fp32_compute_ops']} ops FP32; {verdict} at {acc['snr_db']:.1f} dB "
+            f"SNR{bad}; Neural Engine share {result['placement']['ne_op_share']:.2f}; "
+            f"{'est.' if kind == 'est' else 'measured'} {ms:.2f} ms on {lat['chip']} ({units}). "
+            f"Accuracy {acc['source']}; latency {lat['source']}.")
+
+
 def log_to_mlflow(cfg, manifest, variant, backend, result, details, folder: Path,
                   upstream: dict, timings: dict) -> str:
-    numbers, texts = tracking.split_numeric(tracking.flatten(result))
-    numbers = tracking.metric_names(numbers)
-    params = tracking.flatten({"model": to_dict(cfg.model), "precision": to_dict(cfg.precision),
-                               "convert": to_dict(cfg.convert), "evaluate": to_dict(cfg.evaluate),
-                               "trace": to_dict(cfg.trace), "device": to_dict(cfg.device),
-                               "backend": backend})
+    """One variant run: about 20 metrics named by kind (tracking.summary; the full detail
+    is the metrics.json artifact), params without empty values, the compute units as params."""
+    numbers = tracking.metric_names(tracking.summary(result))
+    numbers["emulator/wall_s"] = timings["emulator_wall_seconds_not_core_ml_latency"]
+    _, texts = tracking.split_numeric(tracking.flatten(result))
+    params = tracking.clean_params(tracking.flatten({
+        "model": to_dict(cfg.model), "precision": to_dict(cfg.precision),
+        "convert": to_dict(cfg.convert), "evaluate": to_dict(cfg.evaluate),
+        "trace": to_dict(cfg.trace), "device": to_dict(cfg.device), "backend": backend}))
     params["latency"] = result["latency"]["status"]
-    tags = {"model": manifest["model"], "variant": variant, "backend": backend,
+    params["compute_units"] = result["latency"]["compute_units"]
+    tags = {"kind": "variant", "model": manifest["model"], "variant": variant, "backend": backend,
             "git_commit": tracking.git_commit(), **texts, **tracking.device_tags(result),
             **{f"version.{k}": v for k, v in tracking.versions().items()},
             **tracking.dvc_stage_hashes(["trace", f"convert@{variant}", f"compile@{variant}"])}
     tags["numerics"] = result["numerics"]["description"]
     tags.update({f"lineage.{k}": v for k, v in upstream.items()})
-    numbers.update(timings)
     if details.get("first_nonfinite_op"):
         tags["first_nonfinite_op"] = details["first_nonfinite_op"]["name"]
-    files = [folder / "metrics.json", folder / "ops.csv", folder / "conversion_report.json",
-             folder / "placement.csv", *sorted((folder / "placement").glob("*.csv"))]
+    files = [folder / "metrics.json", folder / "summary.json", folder / "ops.csv",
+             folder / "conversion_report.json", folder / "placement.csv",
+             *sorted((folder / "placement").glob("*.csv"))]
     experiment = cfg.tracking.experiment or manifest["model"]
-    return tracking.log_run(cfg.tracking.uri, experiment, f"{manifest['model']}-{variant}-{backend}",
-                            params, numbers, tags, files)
+    return tracking.log_run(cfg.tracking.uri, experiment, f"{variant}-{backend}",
+                            params, numbers, tags, files,
+                            description=describe(to_dict(cfg.precision), result,
+                                                 details.get("first_nonfinite_op")))
 
 
 def main() -> None:

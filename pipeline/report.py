@@ -7,7 +7,7 @@ Reads artifacts/evaluate/*/ (the variants evaluated for this model). Writes arti
   ops.png        per-op max |activation| and error vs FP32 along the program, FP16 limit drawn,
                  overflowing ops marked
   tradeoff.csv, ops.csv   the same data, declared as DVC plots
-and logs them to MLflow as a report run.
+and logs them into the pipeline run's parent MLflow run (pipeline/tracking.py).
 """
 from __future__ import annotations
 
@@ -34,6 +34,11 @@ def collect(cfg: DictConfig, model: str, trace_fp: str) -> list[dict]:
     root = artifacts_dir(cfg) / "evaluate"
     for folder in sorted(root.glob("*/")):
         if not (folder / "metrics.json").is_file() or not (folder / "run.json").is_file():
+            continue
+        if not (folder / "lineage.json").is_file():  # what DVC leaves of a variant no longer run
+            log.warning("skipping %s: no lineage.json (a variant this pipeline no longer "
+                        "runs, or an unfinished one); `python -m pipeline.evaluate "
+                        "precision=%s` makes it whole", folder, folder.name)
             continue
         record = artifacts.open_output(folder, f"python -m pipeline.evaluate model={model} "
                                                f"precision={folder.name}")
@@ -315,20 +320,64 @@ def run(cfg: DictConfig) -> None:
                                 {f"evaluate/{v['name']}": artifacts.fingerprint(
                                     artifacts_dir(cfg) / "evaluate" / v["name"]) for v in variants})
         if cfg.tracking.enabled:
-            files = [tmp / n for n in ("report.md", "tradeoff.png", "ops.png", "tradeoff.csv")]
-            numbers = {"variants_passing": sum(v["metrics"]["accuracy"]["passes"] for v in variants)}
-            for v in variants:  # latency_est_ms.<variant>.<units> (or latency_measured_ms...)
-                numbers.update(tracking.metric_names(tracking.split_numeric(tracking.flatten(
-                    {"latency": {k: {f"{v['name']}.{cu}": x for cu, x in v["metrics"]["latency"][k].items()}
-                                 for k in ("estimated_ms", "measured_ms")
-                                 if k in v["metrics"]["latency"]}}))[0]))
-            tracking.log_run(cfg.tracking.uri, cfg.tracking.experiment or model, f"{model}-report",
-                             {"variants": ",".join(v["name"] for v in variants)}, numbers,
-                             {"kind": "report", "model": model, "recommended": best["name"] if best else "none",
-                              "git_commit": tracking.git_commit(),
-                              **tracking.device_tags(variants[0]["metrics"])}, files)
+            log_to_mlflow(cfg, model, variants, best, tmp)
     log.info("report for %s: %s -> %s", model,
              f"recommended {best['name']}" if best else "no variant passes", out_dir / "report.md")
+
+
+def comparison(variants: list[dict]) -> tuple[dict[str, list], str]:
+    """The parent MLflow run's comparison table (column -> values, for mlflow log_table) and
+    its markdown, one row per variant, from the same short figures as the variant runs."""
+    units = variants[0]["metrics"]["latency"]["compute_units"]
+    chip = variants[0]["metrics"]["latency"]["chip"]
+    table: dict[str, list] = {k: [] for k in ("variant", "passes", "snr_db", "cosine_min",
+                                              "ne_share", "latency_ms", "latency_kind",
+                                              "fp32_ops")}
+    for v in variants:
+        s = tracking.summary(v["metrics"])
+        ms, kind = tracking.headline_ms(s, units)
+        for key, value in (("variant", v["name"]), ("passes", bool(s["accuracy"]["passes"])),
+                           ("snr_db", s["accuracy"]["snr_db"]),
+                           ("cosine_min", s["accuracy"]["cosine_min"]),
+                           ("ne_share", s["placement"]["ne_share"]), ("latency_ms", ms),
+                           ("latency_kind", "measured" if kind == "measured" else "estimated"),
+                           ("fp32_ops", int(s["program"]["fp32_ops"]))):
+            table[key].append(value)
+    kinds = set(table["latency_kind"])
+    head = f"{'/'.join(sorted(kinds))} ms ({units}, {chip})"
+    lines = [f"| variant | passes | SNR dB | cosine min | NE share | {head} | FP32 ops |",
+             "|---|---|---|---|---|---|---|"]
+    for i, name in enumerate(table["variant"]):
+        lines.append(f"| {name} | {'yes' if table['passes'][i] else '**no**'} | "
+                     f"{table['snr_db'][i]:.1f} | {table['cosine_min'][i]:.4f} | "
+                     f"{table['ne_share'][i]:.2f} | {table['latency_ms'][i]:.2f} | "
+                     f"{table['fp32_ops'][i]} |")
+    return table, "\n".join(lines)
+
+
+def log_to_mlflow(cfg: DictConfig, model: str, variants: list[dict], best: dict | None,
+                  folder: Path) -> str:
+    """Into the pipeline run's parent MLflow run: the comparison table, the plots, the
+    recommendation (tag, and in the description the run page renders)."""
+    table, md = comparison(variants)
+    units = variants[0]["metrics"]["latency"]["compute_units"]
+    verdict = (f"**Recommendation: `{best['name']}`** (the fastest variant that meets the "
+               f"model's tolerance under {units})" if best else
+               "**No variant meets the model's tolerance.**")
+    description = "\n\n".join([md, verdict,  # the table first: the run page shows its top
+                                "Artifacts: `comparison.json` (this table), `report.md`, "
+                                "`tradeoff.png`, `ops.png`. Each variant is a nested run.",
+                                f"Model **{model}**, {len(variants)} precision variants."])
+    _, kind = tracking.headline_ms(tracking.summary(variants[0]["metrics"]), units)
+    files = [folder / n for n in ("report.md", "tradeoff.png", "ops.png", "tradeoff.csv")]
+    tags = {"recommended": best["name"] if best else "none", "variants": ",".join(table["variant"]),
+            "variants_passing": str(sum(table["passes"])),
+            **tracking.device_tags(variants[0]["metrics"])}
+    columns = ["accuracy/snr_db", "accuracy/passes", "placement/ne_share",
+               f"latency/{'measured' if kind == 'measured' else 'est'}_ms_{units}",
+               "program/fp32_ops"]
+    return tracking.log_report(cfg.tracking.uri, cfg.tracking.experiment or model, model, table,
+                               description, tags, files, columns)
 
 
 def main() -> None:

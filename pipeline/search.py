@@ -351,22 +351,26 @@ def log_search(cfg, model: str, result: SearchResult, target: Target, verified: 
 
     if not cfg.tracking.enabled:
         return
-    series = {"search.snr_db": [t.snr_db for t in result.trials],
-              "search.fp32_ops": [float(t.fp32_ops) for t in result.trials],
-              "search.passes": [float(t.passes) for t in result.trials]}
+    series = {"search/snr_db": [t.snr_db for t in result.trials],
+              "search/fp32_ops": [float(t.fp32_ops) for t in result.trials],
+              "search/passes": [float(t.passes) for t in result.trials]}
+    # nested under the pipeline run's parent (convert@auto runs it), beside the variants
     tracking.log_run(cfg.tracking.uri, cfg.tracking.experiment or model, f"{model}-auto-search",
                      {"target": target.describe(), "fp32_ops": ",".join(result.keep_fp32)},
-                     {"search.evaluations": result.evaluations, "search.seconds": result.seconds,
-                      "search.fp32_ops_chosen": len(result.keep_fp32),
-                      "search.float_ops": result.float_ops, "search.bound_2klog2n": result.bound(),
-                      "search.verified_snr_db": verified["snr_db"],
-                      **({"search.latency_est_ms": result.latency_ms}
+                     {"search/evaluations": result.evaluations, "search/seconds": result.seconds,
+                      "search/fp32_ops_chosen": len(result.keep_fp32),
+                      "search/float_ops": result.float_ops, "search/bound_2klog2n": result.bound(),
+                      "search/verified_snr_db": verified["snr_db"],
+                      **({"search/latency_est_ms": result.latency_ms}
                          if result.latency_ms is not None else {})},
                      {"kind": "search", "model": model, "accuracy.source": "emulated",
                       "device.chip": str(cfg.device.chip),
                       "latency.source": f"estimated (device model, chip {cfg.device.chip}, "
                                         f"{cfg.device.compute_units})"}, [],
-                     series=series)
+                     series=series,
+                     description=f"precision=auto's search: {result.evaluations} candidates "
+                                 f"evaluated, {len(result.keep_fp32)} ops kept FP32 "
+                                 f"(verified {verified['snr_db']:.1f} dB; {target.describe()}).")
 
 
 def search_record(result: SearchResult, target: Target, verified: dict) -> dict:

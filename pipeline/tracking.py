@@ -1,8 +1,19 @@
-"""MLflow tracking: one experiment per model, one run per evaluated variant and backend.
+"""MLflow tracking: one experiment per model; one parent run per pipeline run (a `dvc repro`,
+a `dvc exp run`, or whatever sets PIPELINE_RUN_ID) with the evaluated variants and the
+precision search as nested runs, and the report's comparison table, plots and recommendation
+in the parent.
 
-Runs are only ever created, never updated or deleted, so re-running a stage adds a run.
+Stages are separate processes: they find their parent by a shared key (pipeline_run). The
+first stage that needs the parent creates it and ends it at once, so no run is ever left
+RUNNING; later stages find it by its tag. A stage run by hand, with no key, logs a plain
+top-level run tagged `pipeline.run=standalone`. Variant runs are only ever created, so
+re-running a stage adds a run; earlier records are never overwritten.
 Writers to a local store take a file lock, so concurrent evaluations (dvc queue -j 2, several
 shells) all land. A remote tracking URI is checked for an answer before anything is logged.
+
+Metric names are short and grouped by kind with "/" (accuracy/, placement/, latency/,
+program/), so MLflow's chart view groups and filters them; the same names (with "." in
+place of "/") are the keys of each variant's DVC metrics file (summary.json).
 """
 from __future__ import annotations
 
@@ -11,9 +22,11 @@ import fcntl
 import logging
 import os
 import platform
+import re
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -45,23 +58,56 @@ def split_numeric(flat: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, 
     return numbers, texts
 
 
-# metrics.json key prefix -> MLflow metric name prefix: a latency's name says where it came
-# from (latency_est_ms.ALL is the device model's estimate, never a measurement)
-METRIC_PREFIXES = {"latency.estimated_ms.": "latency_est_ms.",
-                   "latency.measured_ms.": "latency_measured_ms.",
-                   "latency.p90_ms.": "latency_measured_p90_ms.",
-                   "latency.estimate_error.": "latency_est_error.",
-                   "latency.calibration.": "latency_est_calibration."}
+def summary(result: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """The headline figures of one variant's metrics.json, grouped by kind: MLflow logs them
+    as ``kind/name`` and DVC shows them as ``kind.name`` (summary.json). A latency's name says
+    where it came from: ``est_ms_<units>`` is the device model's estimate, ``measured_ms_<units>``
+    a Core ML measurement; the emulator's wall time is never a latency."""
+    acc, place, lat, prog = (result[k] for k in ("accuracy", "placement", "latency", "program"))
+    ieee = (result.get("numerics") or {}).get("ieee") or {}
+    out = {
+        "accuracy": {"passes": acc["passes"], "snr_db": acc["snr_db"],
+                     "cosine_min": acc["cosine_min"], "psnr_db": acc.get("psnr_db"),
+                     "nonfinite_fraction": acc.get("nonfinite_fraction"),
+                     "snr_db_ieee": ieee.get("snr_db")},
+        "placement": {"ne_share": place["ne_op_share"], "gpu_share": place.get("gpu_op_share"),
+                      "cpu_share": place.get("cpu_op_share"),
+                      "ne_time_share": place.get("ne_time_share"),
+                      "device_switches": place.get("device_switches")},
+        "latency": {**{f"est_ms_{cu}": ms for cu, ms in lat["estimated_ms"].items()},
+                    **{f"measured_ms_{cu}": ms for cu, ms in (lat.get("measured_ms") or {}).items()},
+                    **{f"est_error_{cu}": e for cu, e in (lat.get("estimate_error") or {}).items()}},
+        "program": {"fp32_ops": prog["fp32_compute_ops"], "casts": prog.get("casts"),
+                    "overflowing_ops": (result.get("diagnostics") or {}).get("overflowing_ops")},
+    }
+    return {kind: {k: (float(v) if isinstance(v, bool) else v) for k, v in figures.items()
+                   if isinstance(v, (int, float))} for kind, figures in out.items()}
 
 
-def metric_names(numbers: Mapping[str, float]) -> dict[str, float]:
+def metric_names(grouped: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """``{"accuracy": {"snr_db": x}}`` -> ``{"accuracy/snr_db": x}``, MLflow's names."""
+    return {f"{kind}/{name}": float(v) for kind, figures in grouped.items()
+            for name, v in figures.items()}
+
+
+def headline_ms(grouped: Mapping[str, Mapping[str, float]], units: str) -> tuple[float, str]:
+    """(ms, "measured" or "est") under ``units``: measured where measured, else estimated."""
+    lat = grouped["latency"]
+    if f"measured_ms_{units}" in lat:
+        return lat[f"measured_ms_{units}"], "measured"
+    return lat[f"est_ms_{units}"], "est"
+
+
+def clean_params(flat: Mapping[str, Any]) -> dict[str, str]:
+    """MLflow params without empty values (None, "", [], {}): they would make the compare
+    page's parallel-coordinates axes "unknown" or "[]". A list becomes "a,b"."""
     out = {}
-    for key, value in numbers.items():
-        for prefix, name in METRIC_PREFIXES.items():
-            if key.startswith(prefix):
-                key = name + key[len(prefix):]
-                break
-        out[key] = value
+    for key, value in flat.items():
+        if value is None or value == "" or (isinstance(value, (list, tuple, dict)) and not value):
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        out[key] = str(value)
     return out
 
 
@@ -242,60 +288,166 @@ def close_orphans(client, exp_id: str) -> int:
     return closed
 
 
+# ---- the pipeline run: one parent MLflow run per `dvc repro` / `dvc exp run` / PIPELINE_RUN_ID
+KIND, PIPELINE_KEY, NOTE = "kind", "pipeline.key", "mlflow.note.content"
+PARENT_RUN = "mlflow.parentRunId"
+# an evaluation run: on a first visit, MLflow's runs table expands the parents of such runs
+RUN_TYPE = "mlflow.runType"
+# a model-training experiment, not a GenAI one: the experiment tag MLflow's UI reads where it
+# has no workflow switch (3.17's OSS UI follows ?workflowType=machine_learning: view_url)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+SAFE_ID = re.compile(r"[A-Za-z0-9_.:@/+-]{1,200}")
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    key: str      # the parent run's tag pipeline.key
+    label: str    # in the parent run's name
+    source: str   # where the key came from
+
+
+@dataclass(frozen=True)
+class Process:
+    pid: int
+    ident: str    # host, boot and start time: a pid alone is reused
+    command: str
+
+
+def _linux_process(pid: int) -> tuple[int, str, list[str]] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[1]), fields[19], [a.decode("utf-8", "replace") for a in args if a]
+
+
+def _ps_process(pid: int) -> tuple[int, str, list[str]] | None:
+    try:
+        out = subprocess.run(["ps", "-o", "ppid=,lstart=,args=", "-p", str(pid)],
+                             capture_output=True, text=True, timeout=5).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if len(out) < 7:
+        return None
+    return int(out[0]), "_".join(out[1:6]), out[6:]
+
+
+def _is_dvc(args: list[str]) -> bool:
+    names = [Path(a).name for a in args[:3]]
+    return bool(names) and (names[0] == "dvc" or names[1:2] == ["dvc"] or names[1:3] == ["-m", "dvc"])
+
+
+def dvc_ancestor() -> Process | None:
+    """The nearest `dvc` process above this one (DVC runs each stage command as its child,
+    possibly through a shell; `dvc queue` workers run each experiment in its own one)."""
+    linux = Path("/proc/self/stat").exists()
+    boot = ""
+    if linux:
+        with contextlib.suppress(OSError):
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    pid = os.getppid()
+    for _ in range(32):
+        if pid <= 1:
+            return None
+        info = _linux_process(pid) if linux else _ps_process(pid)
+        if info is None:
+            return None
+        ppid, started, args = info
+        if _is_dvc(args):
+            sub = next((a for a in args[1:] if not a.startswith("-") and Path(a).name != "dvc"), "")
+            return Process(pid, f"{socket.gethostname()}:{boot}:{pid}:{started}",
+                           f"dvc {sub}".strip())
+        pid = ppid
+    return None
+
+
+def pipeline_run(environ: Mapping[str, str] = os.environ) -> PipelineRun | None:
+    """The key every stage of one pipeline run shares: PIPELINE_RUN_ID if set (a launcher or
+    a user grouping runs), else the DVC experiment's name with its dvc process, else the
+    nearest dvc process (host, boot, pid, start time); None for a stage run by hand."""
+    given = environ.get("PIPELINE_RUN_ID", "")
+    if given:
+        if not SAFE_ID.fullmatch(given):
+            raise UserError(f"PIPELINE_RUN_ID={given!r} is not a usable run id",
+                            "use up to 200 letters, digits and _ . : @ / + -")
+        return PipelineRun(f"id:{given}", given, "PIPELINE_RUN_ID")
+    dvc = dvc_ancestor()
+    exp = environ.get("DVC_EXP_NAME", "")
+    if exp:
+        return PipelineRun(f"dvc-exp:{exp}:{dvc.ident if dvc else ''}", exp,
+                           f"dvc experiment {exp}")
+    if dvc:
+        return PipelineRun(f"dvc:{dvc.ident}", f"{dvc.command.replace(' ', '-')}-{dvc.pid}",
+                           f"{dvc.command} (pid {dvc.pid})")
+    return None
+
+
 def experiment_id(client, name: str) -> str:
-    """The experiment's id, created if missing; workers of a sweep may race to create it."""
+    """The experiment's id, created if missing (workers of a sweep may race to create it)."""
     from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
-    if exp:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException:  # another worker created it first
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            return client.create_experiment(name, tags=EXPERIMENT_KIND)
+        except MlflowException:  # another worker created it first
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if not all(exp.tags.get(k) for k in EXPERIMENT_KIND):  # made by an earlier version
+        for k, v in EXPERIMENT_KIND.items():
+            client.set_experiment_tag(exp.experiment_id, k, v)
+    return exp.experiment_id
 
 
-def log_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any],
-            metrics: Mapping[str, float], tags: Mapping[str, str],
-            artifact_files: list[Path], series: Mapping[str, list[float]] | None = None) -> str:
-    """Create one new MLflow run with everything in it; returns its run id.
+def _parents(client, exp_id: str, key: str) -> list:
+    runs = client.search_runs([exp_id], filter_string=f"tags.`{PIPELINE_KEY}` = '{key}' and "
+                              f"tags.`{KIND}` = 'pipeline'", max_results=50)
+    return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
-    The run always ends: FINISHED, FAILED (an error) or KILLED (interrupted). Its pid and
-    host are tags, so a run orphaned by SIGKILL is closed by the next one (close_orphans).
-    """
+
+def parent_run(client, exp_id: str, prun: PipelineRun, model: str) -> Any:
+    """The pipeline run's parent MLflow run: found by its key, or created and ended at once
+    (FINISHED: it holds no work of its own, so nothing can leave it RUNNING). Two creators at
+    once (a remote store has no lock) both keep the older one and the other is deleted."""
+    found = _parents(client, exp_id, prun.key)
+    if found:
+        return found[0]
+    run = client.create_run(exp_id, run_name=f"{model}-{prun.label}", tags={
+        KIND: "pipeline", PIPELINE_KEY: prun.key, "pipeline.source": prun.source,
+        "model": model, "git_commit": git_commit(), **process_tags(),
+        NOTE: f"Pipeline run of **{model}** ({prun.source}). Its variants are the nested runs; "
+              "the report stage adds the comparison table, the plots and the recommendation."})
+    client.set_terminated(run.info.run_id, "FINISHED")
+    found = _parents(client, exp_id, prun.key)
+    if found[0].info.run_id != run.info.run_id:
+        client.delete_run(run.info.run_id)
+    return found[0]
+
+
+@contextlib.contextmanager
+def session(uri: str, experiment: str) -> Iterator[tuple[Any, str, list[str]]]:
+    """(client, experiment id, open runs) under the store lock. Every run the caller adds to
+    the open list is ended FAILED (an error) or KILLED (interrupted) if the block does not
+    finish; a store error becomes one line."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     check_store(uri)
-    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    run_id = None
+    opened: list[str] = []
     with store_lock(uri):
         client = MlflowClient(tracking_uri=uri)
         try:
             exp_id = experiment_id(client, experiment)
             close_orphans(client, exp_id)
-            run = client.create_run(exp_id, run_name=run_name, tags={**tags, **process_tags()})
-            run_id = run.info.run_id
-            now = int(time.time() * 1000)
-            points = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-            points += [Metric(k, float(v), now, step) for k, vs in (series or {}).items()
-                       for step, v in enumerate(vs)]
-            for start in range(0, max(1, len(points)), 900):  # MLflow takes 1000 per batch
-                client.log_batch(run_id, metrics=points[start:start + 900],
-                                 params=[Param(k, str(v)[:6000]) for k, v in params.items()]
-                                 if start == 0 else [])
-            for path in artifact_files:
-                if path.is_file():
-                    client.log_artifact(run_id, str(path))
-            client.set_terminated(run_id, "FINISHED")
+            yield client, exp_id, opened
         except BaseException as exc:
-            if run_id is not None:
-                status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+            status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+            for run_id in opened:
                 with contextlib.suppress(Exception):
                     client.set_terminated(run_id, status)
             if isinstance(exc, (UserError, KeyboardInterrupt, SystemExit, OSError)):
@@ -304,5 +456,110 @@ def log_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any],
             raise UserError(f"MLflow store '{uri}' failed while logging ({type(exc).__name__}: "
                             f"{first})", "check the store (or set tracking.enabled=false); the "
                             "run, if created, was marked FAILED") from None
+
+
+def _grouping(client, exp_id: str, model: str) -> dict[str, str]:
+    """Tags that nest a run under its pipeline run's parent, or mark it standalone."""
+    prun = pipeline_run()
+    if prun is None:
+        return {"pipeline.run": "standalone (run by hand: set PIPELINE_RUN_ID to group runs)"}
+    return {PARENT_RUN: parent_run(client, exp_id, prun, model).info.run_id,
+            PIPELINE_KEY: prun.key}
+
+
+def _log(client, run_id: str, metrics: Mapping[str, float], params: Mapping[str, Any],
+         series: Mapping[str, list[float]] | None, artifact_files: list[Path]) -> None:
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    points = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    points += [Metric(k, float(v), now, step) for k, vs in (series or {}).items()
+               for step, v in enumerate(vs)]
+    for start in range(0, max(1, len(points)), 900):  # MLflow takes 1000 per batch
+        client.log_batch(run_id, metrics=points[start:start + 900],
+                         params=[Param(k, str(v)[:6000]) for k, v in params.items()]
+                         if start == 0 else [])
+    for path in artifact_files:
+        if path.is_file():
+            client.log_artifact(run_id, str(path))
+
+
+def log_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any],
+            metrics: Mapping[str, float], tags: Mapping[str, str],
+            artifact_files: list[Path], series: Mapping[str, list[float]] | None = None,
+            description: str = "") -> str:
+    """Create one new MLflow run with everything in it, nested under the pipeline run's
+    parent when there is one; returns its run id.
+
+    The run always ends: FINISHED, FAILED (an error) or KILLED (interrupted). Its pid and
+    host are tags, so a run orphaned by SIGKILL is closed by the next one (close_orphans).
+    """
+    with session(uri, experiment) as (client, exp_id, opened):
+        model = tags.get("model", experiment)
+        run = client.create_run(exp_id, run_name=run_name, tags={
+            **tags, **_grouping(client, exp_id, model), **process_tags(),
+            **({NOTE: description[:8000]} if description else {}),
+            **({RUN_TYPE: "evaluation"} if tags.get(KIND) == "variant" else {})})
+        run_id = run.info.run_id
+        opened.append(run_id)
+        _log(client, run_id, metrics, params, series, artifact_files)
+        client.set_terminated(run_id, "FINISHED")
+        opened.remove(run_id)
     log.info("MLflow: run %s (%s) in experiment '%s' at %s", run_id, run_name, experiment, uri)
     return run_id
+
+
+def log_report(uri: str, experiment: str, model: str, table: Mapping[str, list],
+               description: str, tags: Mapping[str, str], artifact_files: list[Path],
+               view_columns: list[str]) -> str:
+    """The report into the pipeline run's parent: the comparison table (mlflow log_table:
+    the UI's Artifacts and Evaluation views show it), the description (rendered on the run
+    page), the plots and the recommendation tag. A parent that already holds a report (a
+    reused PIPELINE_RUN_ID) gets a nested report run instead: nothing is overwritten. A
+    report run by hand gets a top-level run of its own. Also saves the experiment view
+    `variants` (the runs table with ``view_columns`` shown)."""
+    with session(uri, experiment) as (client, exp_id, opened):
+        prun = pipeline_run()
+        parent = parent_run(client, exp_id, prun, model) if prun else None
+        if parent is not None and parent.data.tags.get("report.done") != "true":
+            run_id = parent.info.run_id
+        else:
+            grouping = ({PARENT_RUN: parent.info.run_id, PIPELINE_KEY: prun.key} if parent
+                        else {"pipeline.run": "standalone (run by hand)"})
+            run_id = client.create_run(exp_id, run_name=f"{model}-report", tags={
+                KIND: "report", "model": model, **process_tags(), **grouping}).info.run_id
+            opened.append(run_id)
+        client.log_table(run_id, data=dict(table), artifact_file="comparison.json")
+        _log(client, run_id, {}, {}, None, artifact_files)
+        for key, value in {**tags, NOTE: description[:8000], "report.done": "true"}.items():
+            client.set_tag(run_id, key, value)
+        if opened:
+            client.set_terminated(run_id, "FINISHED")
+            opened.remove(run_id)
+        save_view(client, exp_id, "variants", view_columns)
+    log.info("MLflow: report in run %s of experiment '%s' at %s; the variants side by side: %s",
+             run_id, experiment, uri, view_url(uri, exp_id))
+    return run_id
+
+
+def save_view(client, exp_id: str, name: str, columns: list[str]) -> None:
+    """An experiment view (MLflow's saved/shared views: the experiment tag
+    mlflow.sharedViewState.<name>, opened with ?viewStateShareKey=<name>) whose runs table
+    shows ``columns`` (metric names) beside the run names."""
+    import json
+
+    keys = [f"metrics.`{c}`" for c in columns]
+    state = {"selectedColumns": keys, "columnOrder": keys,  # widths apply to ordered columns
+             "columnWidths": {k: int(22 + 6.5 * len(c)) for k, c in zip(keys, columns)},
+             "compareRunsMode": "TABLE", "orderByKey": "attributes.start_time", "orderByAsc": False}
+    now = int(time.time() * 1000)
+    client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{name}", json.dumps(
+        {"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}))
+
+
+def view_url(uri: str, exp_id: str, name: str = "variants") -> str:
+    """Where a person sees the variants side by side: the runs table in MLflow's model
+    training view (the UI opens GenAI views without workflowType), with the view's columns."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return (f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey={name}"
+            "&workflowType=machine_learning")

@@ -45,13 +45,20 @@ def run_variants(workdir: Path, model: str, variants=VARIANTS, *extra: str, eval
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """trace -> convert -> compile -> evaluate of the tiny encoder, all three variants."""
+    """trace -> convert -> compile -> evaluate -> report of the tiny encoder, all three
+    variants, as one pipeline run (PIPELINE_RUN_ID, as a launcher sets it): one parent MLflow
+    run with the variants nested and the report in it."""
+    from pipeline import report
+
     workdir = tmp_path_factory.mktemp("tiny")
     cwd = os.getcwd()
     os.chdir(workdir)  # MLflow artifacts (./mlruns) land in the temporary folder
+    os.environ["PIPELINE_RUN_ID"] = "tiny-session"
     try:
         run_variants(workdir, "tiny")
+        report.run(make_cfg(workdir, "model=tiny"))
     finally:
+        del os.environ["PIPELINE_RUN_ID"]
         os.chdir(cwd)
     return workdir
 

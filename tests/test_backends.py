@@ -82,7 +82,7 @@ def test_mlflow_names_say_estimated_and_tag_the_chip(tiny_run):
     runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("variant") == "fp16"]
     data = runs[0].data
     m = artifacts.read_json(tiny_run / "artifacts" / "evaluate" / "fp16" / "metrics.json")
-    assert data.metrics["latency_est_ms.ALL"] == pytest.approx(m["latency"]["estimated_ms"]["ALL"])
+    assert data.metrics["latency/est_ms_ALL"] == pytest.approx(m["latency"]["estimated_ms"]["ALL"])
     assert not any(k.startswith("latency.estimated_ms") for k in data.metrics)
     assert data.tags["device.chip"] == "M2" and data.tags["latency.estimated"] == "true"
     assert data.tags["device.calibration.median_abs_error"] == str(
@@ -286,9 +286,9 @@ def test_coreml_backend_wiring_through_the_stand_in(tiny_packages, on_stand_in_m
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
     run = client.get_run(artifacts.read_json(ev / "timings.json")["mlflow_run_id"])
     for cu in UNITS:
-        assert run.data.metrics[f"latency_measured_ms.{cu}"] == pytest.approx(lat["measured_ms"][cu])
-        assert run.data.metrics[f"latency_est_ms.{cu}"] == pytest.approx(lat["estimated_ms"][cu])
-        assert f"latency_est_error.{cu}" in run.data.metrics
+        assert run.data.metrics[f"latency/measured_ms_{cu}"] == pytest.approx(lat["measured_ms"][cu])
+        assert run.data.metrics[f"latency/est_ms_{cu}"] == pytest.approx(lat["estimated_ms"][cu])
+        assert f"latency/est_error_{cu}" in run.data.metrics
     assert run.data.tags["device.chip"] == "M2" and run.data.tags["backend"] == "coreml"
 
 

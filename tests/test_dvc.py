@@ -77,11 +77,21 @@ def test_repro_runs_every_stage_and_writes_metrics(repo):
     for v in ("fp32", "fp16", "mixed", "auto"):
         assert {f"convert@{v}", f"compile@{v}", f"evaluate@{v}"} <= set(stages)
     shown = sh("dvc metrics show", path).stdout
-    assert "accuracy.cosine_min" in shown and "placement.ne_op_share" in shown
+    assert "accuracy.cosine_min" in shown and "placement.ne_share" in shown
     variants = sorted(r.data.tags["variant"] for r in mlflow_runs(path) if "variant" in r.data.tags)
     assert variants == ["auto", "fp16", "fp32", "mixed"]
     assert [r for r in mlflow_runs(path) if r.data.tags.get("kind") == "search"]
     assert not list(path.glob("outputs")) and not list(path.glob("**/.hydra"))
+    # one parent MLflow run for the `dvc repro`: the variants and the search nested, the
+    # report in it, nothing left RUNNING
+    runs = mlflow_runs(path)
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
+    assert parent.data.tags["pipeline.source"].startswith("dvc repro (pid ")
+    assert parent.data.tags["report.done"] == "true" and parent.data.tags["recommended"] != "none"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags.get("variant", "search") for r in children) == [
+        "auto", "fp16", "fp32", "mixed", "search"]
+    assert all(r.info.status == "FINISHED" for r in runs)
 
 
 def test_second_repro_does_nothing(repo):
@@ -145,6 +155,8 @@ def test_sigkill_leaves_nothing_half_written_and_repro_recovers(repo, stage):
     assert (target / COMPLETE[kind]).is_file()
     assert sh("dvc status", path).stdout.strip().endswith("up to date.")
     assert len(mlflow_runs(path)) > runs_before  # earlier runs kept, new ones added
+    parents = [r for r in mlflow_runs(path) if r.data.tags.get("kind") == "pipeline"]
+    assert len({r.data.tags["pipeline.key"] for r in parents}) == len(parents) >= 2  # a new parent
 
 
 def test_concurrent_evaluations_all_land(repo):
@@ -160,25 +172,56 @@ def test_concurrent_evaluations_all_land(repo):
     for r in after:
         written = artifacts.read_json(path / "artifacts" / "evaluate" / r.data.tags["variant"]
                                       / "metrics.json")["accuracy"]
-        assert r.data.metrics["accuracy.cosine_min"] == written["cosine_min"]
-        assert r.data.metrics["accuracy.snr_db"] == written["snr_db"]
+        assert r.data.metrics["accuracy/cosine_min"] == written["cosine_min"]
+        assert r.data.metrics["accuracy/snr_db"] == written["snr_db"]
         assert r.info.status == "FINISHED"
     assert before <= {r.info.run_id for r in mlflow_runs(path)}
 
 
-def test_switching_models_in_experiments_needs_no_variant_list(repo):
-    """Each model maps the variant slots to its own configs: an nn.LayerNorm model's mixed
-    is mixed_layernorm, tiny's the article's region; neither inherits the other's.
-    bert_tiny maps its slots as minilm does, at a fraction of the time (`dvc exp run -S
-    model=minilm` then `-S model=tiny` ran here too: 14.5 min on a loaded machine)."""
+SLOTS = ["fp32", "fp16", "mixed", "auto"]
+
+
+def test_two_models_experiments_switch_and_compare_in_rows_that_fit_a_terminal(repo):
+    """`dvc exp run -S model=bert_tiny`, then `-S model=tiny`: each model maps the variant
+    slots to its own configs (an nn.LayerNorm model's mixed is mixed_layernorm, tiny's the
+    article's region), so neither inherits the other's list. bert_tiny maps its slots as
+    minilm does, at a fraction of the time (`dvc exp run -S model=minilm` then `-S
+    model=tiny` ran here too: 14.5 min on a loaded machine). Then `make compare`'s command:
+    one row per experiment and variant, at most 200 columns; each experiment's MLflow runs
+    nest under a parent named after it."""
     path, _ = repo
     for model in ("bert_tiny", "tiny"):
-        out = sh(f"dvc exp run -S model={model}", path, timeout=1500)
+        out = sh(f"dvc exp run -n {model}-exp -S model={model}", path, timeout=1500)
         assert "report" in ran_stages(out.stdout), out.stdout[-2000:]
         lineage = artifacts.read_json(path / "artifacts" / "convert" / "mixed" / "lineage.json")
         assert lineage["config"]["precision"]["config"] == ("mixed_layernorm" if model != "tiny"
                                                             else None)
         params = yaml.safe_load((path / "params.yaml").read_text())
-        assert params["model"] == model and params["variants"] == ["fp32", "fp16", "mixed", "auto"]
-    shown = sh("dvc exp show --json", path).stdout
-    assert '"bert_tiny"' in shown and '"tiny"' in shown
+        assert params["model"] == model and params["variants"] == SLOTS
+    wide = sh("dvc exp show --csv", path).stdout
+    out = sh("python -m pipeline.compare", path).stdout
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 200, out
+    rows = {(r[0], r[2]): r for r in (line.split() for line in lines[2:])}
+    assert {(f"{m}-exp", v) for m in ("bert_tiny", "tiny") for v in SLOTS} <= set(rows), out
+    assert rows[("tiny-exp", "fp16")][1] == "tiny" and rows[("bert_tiny-exp", "mixed")][1] == "bert_tiny"
+    summary = artifacts.read_json(path / "artifacts" / "evaluate" / "fp16" / "summary.json")
+    row = rows[("tiny-exp", "fp16")]  # the workspace holds the last experiment's outputs
+    assert row[3] == ("yes" if summary["accuracy"]["passes"] else "no")
+    assert row[4] == f"{summary['accuracy']['snr_db']:.1f}"
+    assert row[6] == f"{summary['placement']['ne_share']:.2f}"
+    assert row[7] == f"{summary['latency']['est_ms_ALL']:.2f}" and row[8] == "est"
+    assert "accuracy.snr_db" in wide  # dvc's own table has the same short keys
+    md = sh("python -m pipeline.compare --md", path).stdout
+    assert md.startswith("| experiment | model | variant |") and "| tiny-exp | tiny | fp16 |" in md
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("bert_tiny")
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
+    assert parent.info.run_name == "bert_tiny-bert_tiny-exp"
+    nested = sorted(r.data.tags["variant"] for r in runs
+                    if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+                    and "variant" in r.data.tags)
+    assert nested == sorted(SLOTS)

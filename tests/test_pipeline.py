@@ -135,9 +135,9 @@ def test_mlflow_has_one_run_per_variant_with_metrics_and_tags(tiny_run):
     by_variant = {r.data.tags["variant"]: r for r in runs if "variant" in r.data.tags}
     assert set(by_variant) == {"fp32", "fp16", "mixed"}
     r16 = by_variant["fp16"]
-    assert r16.data.metrics["accuracy.passes"] == 0
+    assert r16.data.metrics["accuracy/passes"] == 0
     m16 = artifacts.read_json(tiny_run / "artifacts" / "evaluate" / "fp16" / "metrics.json")
-    assert r16.data.metrics["placement.ne_op_share"] == m16["placement"]["ne_op_share"]
+    assert r16.data.metrics["placement/ne_share"] == m16["placement"]["ne_op_share"]
     assert r16.data.tags["accuracy.source"] == "emulated"
     assert r16.data.tags["latency.status"] == "estimated"
     assert r16.data.params["precision.compute"] == "fp16"

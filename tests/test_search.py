@@ -87,9 +87,9 @@ def test_search_logs_every_candidate_to_mlflow(tiny_copy, monkeypatch):
     runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("kind") == "search"]
     assert runs
     run = runs[0]
-    history = client.get_metric_history(run.info.run_id, "search.snr_db")
-    assert len(history) == run.data.metrics["search.evaluations"] >= 2
-    assert run.data.metrics["search.fp32_ops_chosen"] >= 1
+    history = client.get_metric_history(run.info.run_id, "search/snr_db")
+    assert len(history) == run.data.metrics["search/evaluations"] >= 2
+    assert run.data.metrics["search/fp32_ops_chosen"] >= 1
 
 
 def test_virtual_mixed_is_bit_exact_with_a_real_mixed_conversion(tiny_copy):

@@ -3,6 +3,7 @@ Chromium. Skips only where no browser exists and CI is not set."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -56,38 +57,69 @@ def mlflow_ui(tiny_run):
     proc.wait(timeout=30)
 
 
-def test_runs_and_metrics_show_in_the_mlflow_ui(mlflow_ui, tiny_run):
+def launch(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+
+
+def shown(value: float) -> str:
+    """A metric as the runs table prints it (up to 4 decimals, no trailing zeros)."""
+    return f"{value:.4f}".rstrip("0").rstrip(".")
+
+
+def test_a_user_sees_each_variants_snr_ne_share_and_latency_without_clicks(mlflow_ui, tiny_run):
+    """The link the report logs: the runs table in the model-training view, the pipeline
+    run's parent expanded and its variants' SNR, passes, NE share and (estimated) latency in
+    columns; then the parent's page with the comparison table and the recommendation."""
     from mlflow.tracking import MlflowClient
     from playwright.sync_api import expect, sync_playwright
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tiny_run / 'mlflow.db'}")
+    from pipeline import tracking
+
+    uri = f"sqlite:///{tiny_run / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("tiny")
-    runs = {r.data.tags["variant"]: r for r in client.search_runs([exp.experiment_id])
-            if "variant" in r.data.tags}
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
+    variants = {r.data.tags["variant"]: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(variants) == {"fp32", "fp16", "mixed"}
+    link = tracking.view_url(uri, exp.experiment_id).split("/#/", 1)[1]
     SHOTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_context(viewport={"width": 1700, "height": 1000}).new_page()
-        page.goto(f"{mlflow_ui}/#/experiments/{exp.experiment_id}/runs"
-                  "?workflowType=machine_learning&compareRunsMode=CHART")
-        for variant in ("fp32", "fp16", "mixed"):
-            expect(page.get_by_text(f"tiny-{variant}-emulator").first).to_be_visible(timeout=45_000)
-        search = page.get_by_placeholder("Search metric charts")
-        expect(search).to_be_visible(timeout=30_000)
-        search.fill("accuracy.passes")  # many metrics now: find the chart by name
-        expect(page.get_by_text("accuracy.passes").first).to_be_visible(timeout=30_000)
-        search.fill("ne_op_share")
-        expect(page.get_by_text("placement.ne_op_share").first).to_be_visible(timeout=30_000)
-        page.screenshot(path=str(SHOTS / "mlflow_runs_chart.png"), full_page=True)
+        browser = launch(p)
+        page = browser.new_context(viewport={"width": 1700, "height": 900}).new_page()
+        page.goto(f"{mlflow_ui}/#/{link}")
+        expect(page.get_by_text("fp16-emulator").first).to_be_visible(timeout=45_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(SHOTS / "mlflow_variants_table.png"), full_page=True)  # if it fails
+        for column in ("accuracy/snr_db", "accuracy/passes", "placement/ne_share",
+                       "latency/est_ms_ALL"):
+            expect(page.get_by_role("columnheader", name=column, exact=True).first).to_be_visible(
+                timeout=30_000)
+        for name, run in variants.items():
+            m = run.data.metrics
+            for column in ("accuracy/snr_db", "placement/ne_share", "latency/est_ms_ALL"):
+                cell = page.locator(f'[role=row][row-id="{run.info.run_id}"] '
+                                    f'[role=gridcell][col-id="metrics.`{column}`"]')
+                expect(cell).to_be_visible(timeout=30_000)
+                expect(cell).to_have_text(shown(m[column]), timeout=30_000)
+        page.screenshot(path=str(SHOTS / "mlflow_variants_table.png"), full_page=True)
 
-        run = runs["fp16"]
-        page.goto(f"{mlflow_ui}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}")
-        expect(page.get_by_text("accuracy.cosine_min").first).to_be_visible(timeout=45_000)
-        expect(page.get_by_text("placement.ne_op_share").first).to_be_visible(timeout=30_000)
-        # latency off macOS: the device model's estimate, named so (never the emulator's time)
-        expect(page.get_by_text("latency_est_ms.ALL").first).to_be_visible(timeout=30_000)
-        page.screenshot(path=str(SHOTS / "mlflow_run_fp16.png"), full_page=True)
+        page.goto(f"{mlflow_ui}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
+                  "?workflowType=machine_learning")
+        description = page.get_by_role("table").first
+        expect(description).to_be_visible(timeout=45_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(SHOTS / "mlflow_parent_run.png"), full_page=True)  # if it fails
+        for header in ("variant", "SNR dB", "NE share", "estimated ms (ALL, M2)"):
+            expect(description.get_by_role("columnheader", name=header, exact=True)).to_be_visible()
+        snr16 = re.escape(f"{variants['fp16'].data.metrics['accuracy/snr_db']:.1f}")
+        expect(description.get_by_role("row").nth(2)).to_contain_text(
+            re.compile(rf"fp16\s*no\s*{snr16}"))
+        for name in variants:
+            expect(page.get_by_role("link", name=f"{name}-emulator")).to_be_visible()  # child runs
+        page.screenshot(path=str(SHOTS / "mlflow_parent_run.png"), full_page=True)
         browser.close()
-    assert (SHOTS / "mlflow_runs_chart.png").stat().st_size > 20_000
+    assert (SHOTS / "mlflow_variants_table.png").stat().st_size > 20_000

@@ -1,7 +1,9 @@
-"""The same 4-job sweep (convert the tiny model to fp32, fp16, mixed, optype), run one job
+"""The same 4-job sweep (convert a model, tiny by default, to fp32, fp16, mixed, optype), run one job
 after the other (hydra/launcher=basic) and with Hydra's joblib launcher (n_jobs=2), the two
 interleaved in one run; prints each wall time and the ratio joblib / sequential.
-    python -m benchmarks.sweep_parallel [--repeats 1]
+    python -m benchmarks.sweep_parallel [--repeats 1] [--model edgesam]
+A job has to outweigh a worker's start-up (importing torch and coremltools, several seconds
+here): tiny's conversions take a few seconds each, edgesam's tens.
 Each sweep is a fresh `python -m pipeline.convert -m ...` process, so both pay the same
 start-up; the jobs write to separate artifact folders per launcher (one shared trace).
 """
@@ -34,10 +36,11 @@ def run(args: list[str], cwd: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--model", default="tiny", help="a conf/model name (default: tiny)")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        base = ["model=tiny", "tracking.enabled=false"]
+        base = [f"model={opts.model}", "tracking.enabled=false"]
         run(["pipeline.trace", *base, f"paths.artifacts={work / 'trace-only'}"], work)
         times: dict[str, list[float]] = {name: [] for name in LAUNCHERS}
         for _ in range(opts.repeats):
@@ -48,7 +51,7 @@ def main() -> None:
                 times[name].append(run(["pipeline.convert", "-m", *base, f"paths.artifacts={art}",
                                         JOBS, *launcher], work))
     seq, par = (statistics.median(times[n]) for n in LAUNCHERS)
-    print(f"\n4 convert jobs of the tiny model on {os.cpu_count()} cores (median of "
+    print(f"\n4 convert jobs of model {opts.model} on {os.cpu_count()} cores (median of "
           f"{opts.repeats}, interleaved)")
     print(f"{'launcher':22s} {'wall s':>7s}")
     print(f"{'basic (one by one)':22s} {seq:7.1f}")

@@ -22,7 +22,7 @@ from pipeline import artifacts, lineage, tracking
 from pipeline import plots as figures
 from pipeline.cli import main_for
 from pipeline.config import artifacts_dir, model_section, to_dict
-from pipeline.emulator.diagnostics import read_table
+from pipeline.emulator.diagnostics import nonfinite_origins, read_table
 from pipeline.errors import UserError
 
 log = logging.getLogger("pipeline.report")
@@ -180,10 +180,15 @@ def verdict(a: dict, tol: dict) -> str:
     return "**no**" + (f" ({', '.join(missed)})" if missed else "")
 
 
+def nonfinite_split(v: dict) -> tuple[list[dict], int]:
+    """The variant's ops where inf/NaN start, and how many more ops only carry them."""
+    origins = nonfinite_origins(v["ops"])
+    return origins, sum(1 for o in v["ops"] if o["inf_count"] or o["nan_count"]) - len(origins)
+
+
 def inside_cell(v: dict) -> str:
     """Where inf/NaN start inside the program (emulated), or 'none'."""
-    origins = [o for o in v["ops"] if o.get("nonfinite_origin")]
-    carried = sum(1 for o in v["ops"] if o["inf_count"] or o["nan_count"]) - len(origins)
+    origins, carried = nonfinite_split(v)
     if not origins:
         return "none"
     first = origins[0]
@@ -228,10 +233,9 @@ def markdown(model: str, variants: list[dict], best: dict | None, fp16_limit: fl
         lines.append(f"**No variant meets the model's tolerance.** (Rule: {rule}.)")
     lines.append("")
     for v in variants:
-        origins = [o for o in v["ops"] if o.get("nonfinite_origin")]
+        origins, carried = nonfinite_split(v)
         if origins:
             names = ", ".join(f"`{o['name']}` ({o['op_type']})" for o in origins[:6])
-            carried = sum(1 for o in v["ops"] if o["inf_count"] or o["nan_count"]) - len(origins)
             lines.append(f"- `{v['name']}`: inf/NaN start in {len(origins)} op(s) (finite inputs, "
                          f"output past the FP16 limit {fp16_limit:g} or NaN; emulated): {names}"
                          + (" ..." if len(origins) > 6 else "")

@@ -40,6 +40,9 @@ def load_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> 
     conf_dir = Path(conf_dir or os.environ.get("PIPELINE_CONF_DIR") or CONF_DIR)
     cfg, slot = _compose(overrides, conf_dir)
     mapped = (cfg.model.get("variants") or {}).get(slot)
+    if mapped is not None and not str(mapped).strip():  # an unset shell variable, say
+        raise UserError(f"model.variants.{slot} of model '{cfg.model.name}' is empty",
+                        f"name a precision config (one of: {', '.join(group_options('precision', conf_dir))})")
     if mapped and mapped != slot:  # this model's own config for the slot (model.variants)
         keep = [o for o in overrides if o.lstrip("+~").split("=")[0] != "precision"]
         named = any(o.lstrip("+").startswith("precision.name=") for o in overrides)

@@ -45,3 +45,9 @@ def test_a_mapping_to_a_missing_config_is_one_line():
     assert "unknown precision 'nope' (model.variants.mixed of model 'minilm')" in line
     assert "mixed_layernorm" in line and "\n" not in line
     assert (CONF_DIR / "precision" / "mixed_rmsnorm.yaml").is_file()
+
+
+def test_an_empty_mapping_is_one_line_not_a_silent_fallback():
+    with pytest.raises(UserError) as info:
+        load_config(["model=minilm", "precision=mixed", "model.variants.mixed="])
+    assert "model.variants.mixed of model 'minilm' is empty" in info.value.one_line()

@@ -19,8 +19,10 @@ setup: $(BIN)/.installed
 run: setup            ## set up, then run the whole pipeline on the default model
 	dvc repro
 
+# One test process per core, each taking whole files (a file's fixtures, like test_dvc's repo, are
+# built once); `pytest tests/x.py` runs in one process as usual.
 test: setup browser   ## set up, then run the test suite
-	pytest
+	pytest -n auto --dist loadfile
 
 browser:              ## Debian's chromium, for the MLflow UI test (skipped without it unless CI)
 	@command -v chromium >/dev/null 2>&1 || \

@@ -36,8 +36,7 @@ def prepare(model: str, workdir: Path):
         convert.run(load_config(base + [f"precision={precision}"]))
     with np.load(workdir / "trace" / "inputs.npz") as npz:
         feeds = {k: npz[k][0] for k in npz.files}
-    from pipeline.models import build_model
-    from pipeline.trace import TupleOutputs
+    from pipeline.models import TupleOutputs, build_model
 
     cfg = load_config(base)
     eager = TupleOutputs(build_model(dict(cfg.model))).eval()

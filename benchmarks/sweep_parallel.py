@@ -1,9 +1,11 @@
-"""The same 4-job sweep (convert a model, tiny by default, to fp32, fp16, mixed, optype), run one job
-after the other (hydra/launcher=basic) and with Hydra's joblib launcher (n_jobs=2), the two
-interleaved in one run; prints each wall time and the ratio joblib / sequential.
-    python -m benchmarks.sweep_parallel [--repeats 1] [--model edgesam]
-A job has to outweigh a worker's start-up (importing torch and coremltools, several seconds
-here): tiny's conversions take a few seconds each, edgesam's tens.
+"""The same 4-job sweep (convert a model, the default edgesam unless --model, to fp32, fp16,
+mixed, optype), run one job after the other (hydra/launcher=basic) and with Hydra's joblib
+launcher (n_jobs=2), the two interleaved in one run; prints each wall time and the ratio
+joblib / sequential.
+    python -m benchmarks.sweep_parallel [--repeats 3] [--model tiny]
+Each joblib worker imports coremltools (and torch) once, about 3 s here; the driver imports
+neither (pipeline/cli.py, a stage's imports). tiny's conversions take about 6 s each, so that
+start-up weighs more there.
 Each sweep is a fresh `python -m pipeline.convert -m ...` process, so both pay the same
 start-up; the jobs write to separate artifact folders per launcher (one shared trace).
 """
@@ -35,8 +37,8 @@ def run(args: list[str], cwd: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--model", default="tiny", help="a conf/model name (default: tiny)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="edgesam", help="a conf/model name (default: edgesam)")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -13,7 +13,7 @@ import time
 
 from omegaconf import DictConfig
 
-from pipeline import artifacts, backends, lineage
+from pipeline import artifacts, lineage
 from pipeline.cli import main_for
 from pipeline.config import to_dict, variant_dir
 
@@ -21,6 +21,8 @@ log = logging.getLogger("pipeline.compile")
 
 
 def run(cfg: DictConfig) -> None:
+    from pipeline import backends  # here, not above: see pipeline/cli.py (a stage's imports)
+
     variant = cfg.precision.name
     convert_dir = variant_dir(cfg, "convert")
     rerun = f"python -m pipeline.convert model={cfg.model.name} precision={variant}"

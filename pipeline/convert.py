@@ -11,15 +11,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pipeline import artifacts, lineage, precision, programs
+from pipeline import artifacts, lineage, precision
 from pipeline.cli import main_for
 from pipeline.config import artifacts_dir, model_section, to_dict, variant_dir
-from pipeline.conversion import convert_program, load_traced
-from pipeline.emulator.runtime import load_program
 from pipeline.errors import UserError
 
 log = logging.getLogger("pipeline.convert")
 def build_report(package: Path, spec: precision.PrecisionSpec, selector, seconds: float) -> dict:
+    from pipeline import programs
+    from pipeline.emulator.runtime import load_program
+
     prog = load_program(package)
     records = programs.op_records(prog)
     summary = programs.summarize(records)
@@ -40,6 +41,9 @@ def build_report(package: Path, spec: precision.PrecisionSpec, selector, seconds
 
 
 def run(cfg: DictConfig) -> None:
+    from pipeline import programs  # here, not above: see pipeline/cli.py (a stage's imports)
+    from pipeline.conversion import convert_program, load_traced
+
     spec = precision.spec_from_config(to_dict(cfg.precision))
     artifacts.check_replaceable(variant_dir(cfg, "convert", spec.name), is_dir=True)  # before the work
     trace_dir, manifest = artifacts.read_trace(artifacts_dir(cfg))

@@ -22,19 +22,19 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from omegaconf import DictConfig
 
-from pipeline import artifacts, backends, lineage, metrics, tracking
-from pipeline.backends import Backend, Settings
+from pipeline import artifacts, lineage, metrics, tracking
 from pipeline.cli import main_for
 from pipeline.config import artifacts_dir, model_section, to_dict, variant_dir
-from pipeline.emulator import Emulator
-from pipeline.emulator import diagnostics as diag
-from pipeline.emulator.numerics import Numerics
-from pipeline.emulator.numerics.apply import units_from_compute_plan
 from pipeline.errors import UserError
+
+if TYPE_CHECKING:  # the emulator and backends load torch: imported where used (pipeline/cli.py)
+    from pipeline.backends import Backend, Settings
+    from pipeline.emulator.numerics import Numerics
 
 log = logging.getLogger("pipeline.evaluate")
 REFERENCE_VARIANT = "fp32"
@@ -51,6 +51,10 @@ def emulate(cfg: DictConfig, package: Path, inputs: dict[str, np.ndarray], varia
     every backend: Core ML exposes no per-op values); under device numerics also under
     IEEE numerics (outputs in the last item, else None). ``numerics.units`` is the
     backend's placement: each op computes as the unit it runs on."""
+    from pipeline.emulator import Emulator
+    from pipeline.emulator import diagnostics as diag
+    from pipeline.emulator.numerics import Numerics
+
     device = cfg.evaluate.device
     log.info("loading %s%s into the emulator", variant,
              "" if variant == REFERENCE_VARIANT else " and the FP32 program")
@@ -79,6 +83,8 @@ def emulate(cfg: DictConfig, package: Path, inputs: dict[str, np.ndarray], varia
 # ---- numerics (issue 12): which numerics produced the numbers, and IEEE where they differ
 def numerics_section(num: Numerics, rows, accuracy: dict, ieee_outputs, reference,
                      tolerance: dict, task) -> dict:
+    from pipeline.emulator import diagnostics as diag
+
     used: dict[str, int] = {}
     for r in rows:
         used[r.numerics] = used.get(r.numerics, 0) + 1
@@ -200,6 +206,11 @@ def check_inputs(cfg: DictConfig) -> tuple[Path, dict, dict]:
 
 
 def run(cfg: DictConfig) -> None:
+    from pipeline import backends  # here, not above: see pipeline/cli.py (a stage's imports)
+    from pipeline.backends import Settings
+    from pipeline.emulator import diagnostics as diag
+    from pipeline.emulator.numerics.apply import units_from_compute_plan
+
     variant = cfg.precision.name
     trace_dir, manifest, upstream = check_inputs(cfg)
     package = variant_dir(cfg, "convert") / "model.mlpackage"

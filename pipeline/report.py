@@ -22,7 +22,6 @@ from pipeline import artifacts, lineage, tracking
 from pipeline import plots as figures
 from pipeline.cli import main_for
 from pipeline.config import artifacts_dir, model_section, to_dict
-from pipeline.emulator.diagnostics import nonfinite_origins, read_table
 from pipeline.errors import UserError
 
 log = logging.getLogger("pipeline.report")
@@ -30,6 +29,8 @@ ORDER = {"fp32": 0, "fp16": 1, "mixed": 2, "auto": 3}
 
 
 def collect(cfg: DictConfig, model: str, trace_fp: str) -> list[dict]:
+    from pipeline.emulator.diagnostics import read_table  # loads torch: pipeline/cli.py
+
     variants = []
     root = artifacts_dir(cfg) / "evaluate"
     for folder in sorted(root.glob("*/")):
@@ -182,6 +183,8 @@ def verdict(a: dict, tol: dict) -> str:
 
 def nonfinite_split(v: dict) -> tuple[list[dict], int]:
     """The variant's ops where inf/NaN start, and how many more ops only carry them."""
+    from pipeline.emulator.diagnostics import nonfinite_origins
+
     origins = nonfinite_origins(v["ops"])
     return origins, sum(1 for o in v["ops"] if o["inf_count"] or o["nan_count"]) - len(origins)
 

@@ -7,34 +7,19 @@ from __future__ import annotations
 
 import logging
 import time
+import zipfile
+from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
-from pipeline import artifacts, models
+from pipeline import artifacts
 from pipeline.cli import main_for
 from pipeline.config import artifacts_dir, model_section, to_dict
 from pipeline.errors import StageError, UserError
 
 log = logging.getLogger("pipeline.trace")
 METHODS = ("jit", "export")
-
-
-class TupleOutputs(torch.nn.Module):
-    """Wraps a model so it returns a tuple of tensors in a fixed order."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, *args):
-        out = self.model(*args)
-        if isinstance(out, torch.Tensor):
-            return (out,)
-        if isinstance(out, dict):
-            return tuple(out.values())
-        return tuple(out)
 
 
 def output_names(model_cfg, count: int) -> list[str]:
@@ -46,6 +31,10 @@ def output_names(model_cfg, count: int) -> list[str]:
 
 
 def run(cfg: DictConfig) -> None:
+    import torch  # here, not above: see pipeline/cli.py (a stage's imports)
+
+    from pipeline import models
+
     method = cfg.trace.method
     if method not in METHODS:
         raise UserError(f"unknown trace.method '{method}'", f"choose one of: {', '.join(METHODS)}")
@@ -53,7 +42,7 @@ def run(cfg: DictConfig) -> None:
     out_dir = artifacts_dir(cfg) / "trace"
     artifacts.check_replaceable(out_dir, is_dir=True)  # before the work
     torch.manual_seed(int(model_cfg.get("seed") or 0))
-    model = TupleOutputs(models.build_model(model_cfg)).eval()
+    model = models.TupleOutputs(models.build_model(model_cfg)).eval()
     inputs = models.make_inputs(model_cfg)
     specs = models.input_specs(model_cfg)
     n = len(next(iter(inputs.values())))
@@ -85,10 +74,11 @@ def run(cfg: DictConfig) -> None:
         try:
             if method == "jit":
                 traced = torch.jit.trace(model, example, check_trace=False, strict=False)
-                torch.jit.save(traced, str(tmp / "model.pt"))
+                save_jit(traced, tmp / "model.pt")
                 program = "model.pt"
             else:
                 exported = torch.export.export(model, example).run_decompositions({})
+                strip_provenance(exported)
                 torch.export.save(exported, str(tmp / "model.pt2"))
                 program = "model.pt2"
         except UserError:
@@ -118,6 +108,42 @@ def run(cfg: DictConfig) -> None:
     # Timings only in the log: the trace folder's bytes depend on the config alone.
     log.info("traced %s with %s in %.1f s (eager forward %.3f s) -> %s", model_cfg["name"],
              method, trace_s, eager_s, out_dir)
+
+
+def save_jit(traced, path: Path) -> None:
+    """torch.jit.save, less the debug records: those hold the absolute path of every source
+    file on the model's call stack (the checkout's, the virtualenv's), so the same model
+    traced in another folder had other bytes and another DVC hash. TorchScript loads and
+    runs the same without them; the archive is rewritten by torch's own writer (its
+    alignment, its serialization id computed from the records kept) at the file format
+    version jit.save wrote: at the writer's default (3) torch reads `aten::div` as the old
+    integer division and wraps each one in an `if`, which coremltools converts to `cond`."""
+    import torch
+
+    full = path.with_name(path.name + ".full")
+    torch.jit.save(traced, str(full))
+    reader, writer = torch._C.PyTorchFileReader(str(full)), torch._C.PyTorchFileWriter(str(path))
+    with zipfile.ZipFile(full) as archive:  # the writer's order: records as jit.save wrote them
+        names = [info.filename.split("/", 1)[1] for info in archive.infolist()]
+    version = ".data/version" if ".data/version" in names else "version"  # where it writes it
+    writer.set_min_version(int(reader.get_record(version).decode().strip()))
+    for name in names:
+        if not name.endswith(".debug_pkl") and name not in (version, ".data/serialization_id"):
+            data = reader.get_record(name)
+            writer.write_record(name, data, len(data))
+    writer.write_end_of_file()
+    del reader, writer
+    full.unlink()
+
+
+def strip_provenance(exported) -> None:
+    """Each node's source stack (absolute paths) and provenance (`from_node`, with graph
+    ids that are memory addresses) out of an ExportedProgram: the same graph saved twice, or
+    from another clone, had other bytes. Neither is needed to load or convert it."""
+    for module in exported.graph_module.modules():
+        for node in module.graph.nodes if hasattr(module, "graph") else ():
+            node.meta.pop("stack_trace", None)
+            node.meta.pop("from_node", None)
 
 
 def check_reference(refs: list[tuple], names: list[str]) -> None:

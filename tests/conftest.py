@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -66,28 +68,54 @@ def tiny_run(tmp_path_factory):
 HEARTBEAT_S = float(os.environ.get("PIPELINE_TEST_HEARTBEAT", "30"))
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    """A line every HEARTBEAT_S seconds while one test (with its fixtures) runs, so a long
-    end-to-end test (dvc repro, the browser) never leaves the suite silent."""
-    import threading
-    import time
+class Heartbeat:
+    """A line every HEARTBEAT_S seconds naming each test that has run that long, so a long
+    end-to-end test (dvc repro, the browser) never leaves the suite silent. It lives where
+    the terminal is: in the one pytest process, or in pytest-xdist's controller, which gets
+    every worker's test starts and ends through these same hooks."""
 
-    config = item.config
-    reporter = config.pluginmanager.getplugin("terminalreporter")
-    capman = config.pluginmanager.getplugin("capturemanager")
-    stop, started = threading.Event(), time.monotonic()
+    def __init__(self, config):
+        self.reporter = config.pluginmanager.getplugin("terminalreporter")
+        self.capman = config.pluginmanager.getplugin("capturemanager")
+        self.running: dict[str, float] = {}
+        self.lock, self.stop = threading.Lock(), threading.Event()
+        threading.Thread(target=self.beat, daemon=True, name="test-heartbeat").start()
 
-    def beat():
-        while not stop.wait(HEARTBEAT_S):
-            line = f"[{time.monotonic() - started:4.0f} s] still running {item.nodeid}"
-            with capman.global_and_fixture_disabled():
-                reporter.ensure_newline()
-                reporter.write_line(line)
+    def beat(self):
+        while not self.stop.wait(HEARTBEAT_S):
+            with self.lock:
+                now = time.monotonic()
+                long = [(now - t, n) for n, t in self.running.items() if now - t >= HEARTBEAT_S]
+            for seconds, nodeid in sorted(long, reverse=True):
+                self.write(f"[{seconds:4.0f} s] still running {nodeid}")
 
-    if reporter is not None and capman is not None and HEARTBEAT_S > 0:
-        threading.Thread(target=beat, daemon=True, name="test-heartbeat").start()
-    try:
-        yield
-    finally:
-        stop.set()
+    def write(self, line: str):
+        if self.capman is None:
+            self.reporter.write_line(line)
+            return
+        with self.capman.global_and_fixture_disabled():
+            self.reporter.ensure_newline()
+            self.reporter.write_line(line)
+
+    @pytest.hookimpl
+    def pytest_runtest_logstart(self, nodeid):
+        with self.lock:
+            self.running[nodeid] = time.monotonic()
+
+    @pytest.hookimpl
+    def pytest_runtest_logfinish(self, nodeid):
+        with self.lock:
+            self.running.pop(nodeid, None)
+
+
+@pytest.hookimpl(trylast=True)  # after the terminal reporter exists
+def pytest_configure(config):
+    if HEARTBEAT_S > 0 and config.pluginmanager.getplugin("terminalreporter") is not None \
+            and not hasattr(config, "workerinput"):  # not in an xdist worker: no terminal there
+        config.pluginmanager.register(Heartbeat(config), "pipeline-heartbeat")
+
+
+def pytest_unconfigure(config):
+    beat = config.pluginmanager.get_plugin("pipeline-heartbeat")
+    if beat is not None:
+        beat.stop.set()

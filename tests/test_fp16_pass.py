@@ -29,6 +29,9 @@ MODELS = {
     "llama_tiny": ["model.samples=1"],
 }
 TARGETS = ("iOS16", "iOS17", "iOS18")
+# edgesam is tiny at full width: the same op types in the same graph, so the other targets
+# would repeat tiny's cases at 4x the cost; it runs at the pipeline's default target only
+CASES = [(m, t) for m in MODELS for t in TARGETS if m != "edgesam" or t == "iOS16"]
 
 
 def test_underflowing_constant_is_stored_as_the_smallest_subnormal():
@@ -58,8 +61,7 @@ def traced_models(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("model,target", CASES)
 def test_virtual_program_is_bit_exact_with_the_conversion(traced_models, model, target):
     from pipeline.conversion import convert_program, load_traced
 

@@ -523,18 +523,41 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
 
 
 @pytest.mark.slow
-def test_tracing_twice_gives_identical_tracked_bytes(tmp_path):
+@pytest.mark.parametrize("method", ["jit", "export"])
+def test_tracing_twice_gives_identical_tracked_bytes(tmp_path, method):
     """Two real processes, as `dvc repro` runs them (in one process torch.jit mangles the
-    names of a class it traces twice)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    names of a class it traces twice), the second from a copy of the code in another, longer
+    folder, as another clone is: TorchScript's debug records named every source file's
+    absolute path, so model.pt (and dvc.lock) depended on where the repo was checked out;
+    torch.export's nodes carried the same paths and graph ids that are memory addresses."""
+    import shutil
+
+    import torch
+
+    elsewhere = tmp_path / "another-clone-of-the-repository"
+    for part in ("pipeline", "conf"):
+        shutil.copytree(REPO / part, elsewhere / part, ignore=shutil.ignore_patterns("__pycache__"))
     digests = []
-    for i in (1, 2):
+    for i, code in ((1, REPO), (2, elsewhere)):
         art = tmp_path / f"a{i}"
         subprocess.run([sys.executable, "-m", "pipeline.trace", *TINY, f"paths.artifacts={art}",
-                        "tracking.enabled=false"], cwd=tmp_path, env=env, check=True,
-                       capture_output=True, timeout=300)
+                        f"trace.method={method}", "tracking.enabled=false"], cwd=code,
+                       check=True, capture_output=True,
+                       env=dict(os.environ, PYTHONPATH=str(code)), timeout=300)
         digests.append(snapshot(art))
     assert digests[0] == digests[1] and "trace/lineage.json" in digests[0]
+    if method == "export":
+        assert b"stack_trace" not in (tmp_path / "a2" / "trace" / "model.pt2").read_bytes()
+        return
+    assert b"debug_pkl" not in (tmp_path / "a2" / "trace" / "model.pt").read_bytes()
+    traced = torch.jit.load(str(tmp_path / "a2" / "trace" / "model.pt"))  # still loads, same numbers
+    # read at jit.save's format version: at an older one torch wraps each aten::div (tiny's
+    # LayerNorm2d) in an upgrader's `if`, which coremltools converts to `cond`
+    assert "aten::div" in str(traced.inlined_graph) and "prim::If" not in str(traced.inlined_graph)
+    with np.load(tmp_path / "a2" / "trace" / "inputs.npz") as x, \
+            np.load(tmp_path / "a2" / "trace" / "reference.npz") as ref:
+        out = traced(torch.from_numpy(x["image"][0]))[0].detach().numpy()
+        np.testing.assert_allclose(out, ref[ref.files[0]][0], rtol=1e-4, atol=1e-5)  # eager vs jit
 
 
 def test_package_identifiers_come_from_content(tiny_run):

@@ -56,6 +56,22 @@ class InputSpec:
         return InputSpec(str(name), shape, dtype, rng[0], rng[1])
 
 
+class TupleOutputs(torch.nn.Module):
+    """Wraps a model so it returns a tuple of tensors in a fixed order."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args):
+        out = self.model(*args)
+        if isinstance(out, torch.Tensor):
+            return (out,)
+        if isinstance(out, dict):
+            return tuple(out.values())
+        return tuple(out)
+
+
 def input_specs(model_cfg: Mapping[str, Any]) -> list[InputSpec]:
     raw = model_cfg.get("inputs")
     if not raw:

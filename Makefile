@@ -20,9 +20,9 @@ run: setup            ## set up, then run the whole pipeline on the default mode
 	dvc repro
 
 # One test process per core, each taking whole files (a file's fixtures, like test_dvc's repo, are
-# built once); `pytest tests/x.py` runs in one process as usual.
+# built once), the longest files first (tests/conftest.py); `pytest tests/x.py` runs in one process.
 test: setup browser   ## set up, then run the test suite
-	pytest -n auto --dist loadfile
+	pytest -n auto --dist loadfile --no-loadscope-reorder
 
 browser:              ## Debian's chromium, for the MLflow UI test (skipped without it unless CI)
 	@command -v chromium >/dev/null 2>&1 || \

@@ -1,10 +1,11 @@
 """The one wrapper every stage's `main` goes through: logging, config, clean errors.
 
 A stage's imports: a stage module (trace, convert, compile, evaluate, report) imports torch,
-coremltools and the emulator inside the functions that use them, never at the top. So
-`--help`, `--cfg` and a bad override answer in about a second, and a sweep's driver
-(`-m`, pipeline/sweeps) does not load them only to hand the jobs to workers that load them
-again: each joblib worker pays that import once (tests/test_errors.py checks the rule).
+coremltools and the emulator inside the functions that use them, after checking its inputs,
+never at the top. So `--help`, `--cfg`, a bad override or a missing upstream output answer
+in under a second (not after a 7-second import), and a sweep's driver (`-m`,
+pipeline/sweeps) does not load them only to hand the jobs to workers that load them again:
+each joblib worker pays that import once (tests/test_errors.py checks the rule).
 """
 from __future__ import annotations
 

@@ -21,13 +21,13 @@ log = logging.getLogger("pipeline.compile")
 
 
 def run(cfg: DictConfig) -> None:
-    from pipeline import backends  # here, not above: see pipeline/cli.py (a stage's imports)
-
     variant = cfg.precision.name
     convert_dir = variant_dir(cfg, "convert")
     rerun = f"python -m pipeline.convert model={cfg.model.name} precision={variant}"
     converted = artifacts.open_output(convert_dir, rerun)
     lineage.check_section(converted, "precision", to_dict(cfg.precision), convert_dir, rerun)
+    from pipeline import backends  # after the checks, not above: pipeline/cli.py
+
     package = convert_dir / "model.mlpackage"
     backend = backends.for_config(cfg, package)
     out_dir = variant_dir(cfg, "compile")

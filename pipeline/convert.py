@@ -41,14 +41,14 @@ def build_report(package: Path, spec: precision.PrecisionSpec, selector, seconds
 
 
 def run(cfg: DictConfig) -> None:
-    from pipeline import programs  # here, not above: see pipeline/cli.py (a stage's imports)
-    from pipeline.conversion import convert_program, load_traced
-
     spec = precision.spec_from_config(to_dict(cfg.precision))
     artifacts.check_replaceable(variant_dir(cfg, "convert", spec.name), is_dir=True)  # before the work
     trace_dir, manifest = artifacts.read_trace(artifacts_dir(cfg))
     lineage.check_section(manifest["lineage"], "model", model_section(cfg), trace_dir,
                           f"python -m pipeline.trace model={cfg.model.name}")
+    from pipeline import programs  # after the checks, not above: pipeline/cli.py
+    from pipeline.conversion import convert_program, load_traced
+
     traced = load_traced(trace_dir, manifest)
     log.info("converting %s to %s (%s)", manifest["model"], spec.name, spec.compute)
     found = None

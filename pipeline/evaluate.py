@@ -206,11 +206,6 @@ def check_inputs(cfg: DictConfig) -> tuple[Path, dict, dict]:
 
 
 def run(cfg: DictConfig) -> None:
-    from pipeline import backends  # here, not above: see pipeline/cli.py (a stage's imports)
-    from pipeline.backends import Settings
-    from pipeline.emulator import diagnostics as diag
-    from pipeline.emulator.numerics.apply import units_from_compute_plan
-
     variant = cfg.precision.name
     trace_dir, manifest, upstream = check_inputs(cfg)
     package = variant_dir(cfg, "convert") / "model.mlpackage"
@@ -222,6 +217,11 @@ def run(cfg: DictConfig) -> None:
     check_device(cfg)
     if cfg.tracking.enabled:
         tracking.check_store(cfg.tracking.uri)  # fail before the work, not after it
+    from pipeline import backends  # after the checks, not above: pipeline/cli.py
+    from pipeline.backends import Settings
+    from pipeline.emulator import diagnostics as diag
+    from pipeline.emulator.numerics.apply import units_from_compute_plan
+
     compile_record = artifacts.read_json(compile_record_path)
     compiled = (variant_dir(cfg, "compile") / compile_record["compiled"]
                 if compile_record.get("compiled") else None)

@@ -31,16 +31,16 @@ def output_names(model_cfg, count: int) -> list[str]:
 
 
 def run(cfg: DictConfig) -> None:
-    import torch  # here, not above: see pipeline/cli.py (a stage's imports)
-
-    from pipeline import models
-
     method = cfg.trace.method
     if method not in METHODS:
         raise UserError(f"unknown trace.method '{method}'", f"choose one of: {', '.join(METHODS)}")
     model_cfg = model_section(cfg)
     out_dir = artifacts_dir(cfg) / "trace"
     artifacts.check_replaceable(out_dir, is_dir=True)  # before the work
+    import torch  # after the checks, not above: pipeline/cli.py
+
+    from pipeline import models
+
     torch.manual_seed(int(model_cfg.get("seed") or 0))
     model = models.TupleOutputs(models.build_model(model_cfg)).eval()
     inputs = models.make_inputs(model_cfg)

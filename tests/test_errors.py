@@ -240,19 +240,23 @@ HEAVY = ("torch", "coremltools", "mlflow", "matplotlib")
 
 def test_stage_modules_load_no_heavy_machinery_until_they_work(tmp_path):
     """pipeline/cli.py's rule: importing a stage (what a sweep's driver and `--cfg` do)
-    loads none of torch, coremltools, MLflow, matplotlib; a bad override is answered before
-    any of them loads (python -X importtime lists every module a process imports)."""
+    loads none of torch, coremltools, MLflow, matplotlib; a bad override, or a stage run
+    before the one it reads, is answered before any of them loads (python -X importtime
+    lists every module a process imports)."""
     code = ("import sys\nimport pipeline.trace, pipeline.convert, pipeline.compile, "
             "pipeline.evaluate, pipeline.report\n"
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=REPO, check=True)
     assert proc.stdout.strip() == "[]", proc.stdout
-    for stage in ("trace", "convert", "compile", "evaluate", "report"):
+    runs = [(s, "precision=fp8", "unknown precision 'fp8'")
+            for s in ("trace", "convert", "compile", "evaluate", "report")]
+    runs += [(s, "precision=fp16", "first") for s in ("convert", "compile", "evaluate")]
+    for stage, override, needle in runs:
         proc = subprocess.run([sys.executable, "-X", "importtime", "-m", f"pipeline.{stage}",
-                               "precision=fp8", f"paths.artifacts={tmp_path / 'a'}"],
+                               "model=tiny", override, f"paths.artifacts={tmp_path / 'a'}"],
                               capture_output=True, text=True, cwd=REPO)
-        assert proc.returncode == 2 and "unknown precision 'fp8'" in proc.stderr, proc.stderr[-500:]
+        assert proc.returncode == 2 and needle in proc.stderr.splitlines()[-1], proc.stderr[-500:]
         loaded = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
                   if line.startswith("import time:")}
         assert not loaded & set(HEAVY), (stage, loaded & set(HEAVY))

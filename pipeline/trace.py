@@ -5,9 +5,9 @@ reference.npz (FP32 PyTorch outputs, one row per sample) and manifest.json.
 """
 from __future__ import annotations
 
+import io
 import logging
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -120,11 +120,11 @@ def save_jit(traced, path: Path) -> None:
     integer division and wraps each one in an `if`, which coremltools converts to `cond`."""
     import torch
 
-    full = path.with_name(path.name + ".full")
-    torch.jit.save(traced, str(full))
-    reader, writer = torch._C.PyTorchFileReader(str(full)), torch._C.PyTorchFileWriter(str(path))
-    with zipfile.ZipFile(full) as archive:  # the writer's order: records as jit.save wrote them
-        names = [info.filename.split("/", 1)[1] for info in archive.infolist()]
+    full = io.BytesIO()
+    torch.jit.save(traced, full)
+    full.seek(0)
+    reader, writer = torch._C.PyTorchFileReader(full), torch._C.PyTorchFileWriter(str(path))
+    names = reader.get_all_records()  # in archive order, as jit.save wrote them
     version = ".data/version" if ".data/version" in names else "version"  # where it writes it
     writer.set_min_version(int(reader.get_record(version).decode().strip()))
     for name in names:
@@ -132,8 +132,6 @@ def save_jit(traced, path: Path) -> None:
             data = reader.get_record(name)
             writer.write_record(name, data, len(data))
     writer.write_end_of_file()
-    del reader, writer
-    full.unlink()
 
 
 def strip_provenance(exported) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import precision
-from pipeline.backends import coremltools
+from pipeline.coreml_import import coremltools
 from pipeline.converters import torch_ops  # noqa: F401  (registers converters coremltools lacks)
 from pipeline.errors import StageError, UserError
 

@@ -178,8 +178,9 @@ class OpSelector:
 
 def compute_precision(spec: PrecisionSpec):
     """The ``compute_precision`` argument for ``ct.convert`` and the selector (or None)."""
-    import coremltools as ct
+    from pipeline.coreml_import import coremltools
 
+    ct = coremltools()
     if spec.compute == "fp32":
         return ct.precision.FLOAT32, None
     if spec.compute == "fp16":

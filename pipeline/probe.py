@@ -29,11 +29,10 @@ log = logging.getLogger("pipeline.probe")
 
 def convert_fp16(module: torch.nn.Module, x: torch.Tensor, path: Path) -> Path:
     """Trace ``module`` on ``x`` (input named x) and save an FP16 ML program at ``path``."""
-    from pipeline.emulator.runtime import quiet
+    from pipeline.coreml_import import coremltools, quiet
 
+    ct = coremltools()
     with quiet():
-        import coremltools as ct
-
         traced = torch.jit.trace(module.eval(), x)
         ml = ct.convert(traced, inputs=[ct.TensorType(name="x", shape=tuple(x.shape))],
                         convert_to="mlprogram", compute_precision=ct.precision.FLOAT16,
@@ -115,8 +114,9 @@ def run_suite(numerics=None, compute_units: str | None = None) -> dict[str, floa
 
 def _coreml(package: Path, x: np.ndarray, compute_units: str) -> np.ndarray:
     """One prediction through Core ML on this Mac (macOS only)."""
-    import coremltools as ct
+    from pipeline.coreml_import import coremltools
 
+    ct = coremltools()
     model = ct.models.MLModel(str(package), compute_units=getattr(ct.ComputeUnit, compute_units))
     return next(iter(model.predict({"x": x}).values()))
 

@@ -157,7 +157,7 @@ def dvc_stage_hashes(stages: list[str], lock_path: Path = Path("dvc.lock")) -> d
 def versions() -> dict[str, str]:
     import torch
 
-    from pipeline.backends import coremltools
+    from pipeline.coreml_import import coremltools
 
     return {"coremltools": coremltools().__version__, "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform()}

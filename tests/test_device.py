@@ -20,7 +20,7 @@ def convert(module: nn.Module, *shapes, tmp_path) -> list:
     import coremltools as ct
     import numpy as np
 
-    from pipeline.emulator.runtime import quiet
+    from pipeline.coreml_import import quiet
     from pipeline.programs import read_ops
 
     examples = [torch.randn(s) for s in shapes]

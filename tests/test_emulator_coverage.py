@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.backends import coremltools
+from pipeline.coreml_import import coremltools
 from pipeline.emulator import Emulator
 from pipeline.emulator.ops import OPS
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.backends import coremltools
+from pipeline.coreml_import import coremltools
 import copy
 
 from pipeline.emulator.ops import OPS, kernel

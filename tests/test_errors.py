@@ -261,3 +261,23 @@ def test_stage_modules_load_no_heavy_machinery_until_they_work(tmp_path):
                   if line.startswith("import time:")}
         assert not loaded & set(HEAVY), (stage, loaded & set(HEAVY))
         assert "pipeline.config" in loaded  # the listing is real: the config was composed
+
+
+def test_coremltools_loads_without_the_probes_it_does_not_use():
+    """pipeline/coreml_import.py: a stage's coremltools import skips scikit-learn (disabled
+    by coremltools for this version anyway) and transformers (a flag nobody reads); both stay
+    importable afterwards, and coremltools converts as before."""
+    code = ("import sys\nfrom pipeline.coreml_import import coremltools\nct = coremltools()\n"
+            "skipped = [m for m in ('sklearn', 'transformers') if m in sys.modules]\n"
+            "from coremltools._deps import _HAS_SKLEARN\n"
+            "import sklearn, transformers\n"
+            "from coremltools.converters.mil import Builder as mb\n"
+            "@mb.program(input_specs=[mb.TensorSpec(shape=(2,))])\n"
+            "def prog(x):\n    return mb.relu(x=x)\n"
+            "m = ct.convert(prog, convert_to='mlprogram')\n"
+            "print(skipped, _HAS_SKLEARN, sklearn.__name__, transformers.__name__, "
+            "type(m).__name__)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["[]", "False", "sklearn", "transformers", "MLModel"], proc.stdout
+    assert "scikit-learn version" not in proc.stderr  # coremltools' warning is gone with it

@@ -16,22 +16,14 @@ from pathlib import Path
 
 from pipeline.backends.protocol import (PLACEMENT_FIELDS, Backend, Settings, Table,
                                         summarize_table)
-from pipeline.emulator.runtime import quiet
 from pipeline.errors import UserError
 
-__all__ = ["Backend", "PLACEMENT_FIELDS", "Settings", "Table", "coremltools", "for_config",
-           "is_macos", "resolve_backend", "summarize_table"]
+__all__ = ["Backend", "PLACEMENT_FIELDS", "Settings", "Table", "for_config", "is_macos",
+           "resolve_backend", "summarize_table"]
 
 
 def is_macos() -> bool:
     return platform.system() == "Darwin"
-
-
-def coremltools():
-    """Import coremltools without its Linux proxy warnings on stderr."""
-    with quiet():
-        import coremltools as ct
-    return ct
 
 
 def resolve_backend(requested: str) -> str:

@@ -33,7 +33,7 @@ DEVICE_NAMES = {"MLCPUComputeDevice": "CPU", "MLGPUComputeDevice": "GPU",
 
 
 def ct_module():
-    from pipeline.backends import coremltools
+    from pipeline.coreml_import import coremltools
 
     return coremltools()
 

@@ -26,7 +26,7 @@ import copy
 import numpy as np
 import torch
 
-from pipeline.backends import coremltools
+from pipeline.coreml_import import coremltools
 
 coremltools()  # the first import of coremltools, without its Linux proxy warnings
 from coremltools.converters.mil import Builder as mb  # noqa: E402

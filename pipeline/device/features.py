@@ -63,12 +63,11 @@ def convert_ops(model: str, precision: str) -> list[OpRecord]:
     """Trace and convert one calibration architecture (real coremltools), return its ops."""
     import importlib
 
-    import coremltools as ct
     import numpy as np
     import torch
 
     from pipeline import precision as prec
-    from pipeline.emulator.runtime import quiet
+    from pipeline.coreml_import import coremltools, quiet
     from pipeline.programs import read_ops
 
     _family, target, kwargs, shape = ARCHITECTURES[model]
@@ -79,6 +78,7 @@ def convert_ops(model: str, precision: str) -> list[OpRecord]:
     spec = prec.spec_from_config(MIXED if precision == "mixed" else
                                  {"name": precision, "compute": precision})
     compute, _selector = prec.compute_precision(spec)
+    ct = coremltools()
     with quiet():
         mlmodel = ct.convert(traced, inputs=[ct.TensorType(name="x", shape=shape, dtype=np.float32)],
                              convert_to="mlprogram", compute_precision=compute,

@@ -16,17 +16,16 @@ Runtime modes underneath:
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from pipeline.coreml_import import coremltools, quiet
 from pipeline.emulator import fp16_pass
 from pipeline.emulator.ops import OPS, VALUE_PRESERVING, kernel
 from pipeline.emulator.ops.states import State
@@ -42,13 +41,6 @@ TORCH_DTYPES = {
 FLOAT = {"fp32", "fp16", "fp64"}
 MODES = ("fp32_compute", "native_fp16")
 NUMERICS_MODES = ("device", "ieee")  # also accepted by Emulator(mode=...): see numerics/
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """coremltools prints progress bars and proxy warnings on import and load; hide them."""
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        yield
 
 
 _LOADED: dict[tuple, Any] = {}  # package files' (path, mtime, size) -> its program
@@ -74,10 +66,10 @@ def load_program(package: str | Path):
 def _parse_program(package: Path):
     log.info("reading %s with coremltools' MIL loader", package.name if package.name !=
              "model.mlpackage" else package.parent.name + "/" + package.name)
-    with quiet():
-        import coremltools as ct
-        from coremltools.converters.mil.frontend.milproto.load import load
+    ct = coremltools()
+    from coremltools.converters.mil.frontend.milproto.load import load
 
+    with quiet():
         try:
             mlmodel = ct.models.MLModel(str(package), skip_model_load=True)
             spec = mlmodel.get_spec()

@@ -23,7 +23,7 @@ def _fsync_dir(path: Path) -> None:
 LINEAGE = "lineage.json"
 # Files a stage may keep next to its outputs that are neither tracked nor fingerprinted
 # (wall times, MLflow run ids): they differ on every run.
-UNTRACKED = ("timings.json", ".gitignore")  # ours but untracked; DVC's list of its outputs
+UNTRACKED = ("timings.json", ".gitignore")  # older evaluate folders' wall times; DVC's
 
 
 @contextlib.contextmanager

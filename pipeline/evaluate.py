@@ -15,7 +15,9 @@ errors), artifacts/compile/<variant>/. Writes artifacts/evaluate/<variant>/:
                   for each setting; one schema for measured and estimated (backends/protocol.py)
   run.json        where the numbers came from (model, variant, emulator, first bad op)
   lineage.json    what produced the folder (pipeline/artifacts.py)
-  timings.json    emulator wall time and the MLflow run id: untracked, differ every run
+and artifacts/timings/evaluate/<variant>.json: the emulator's wall time and the MLflow run id
+(untracked: they differ every run; outside the folder, so the report's dependency on
+artifacts/evaluate stays the same from run to run).
 """
 from __future__ import annotations
 
@@ -303,13 +305,14 @@ def run(cfg: DictConfig) -> None:
                                                   "evaluate": to_dict(cfg.evaluate),
                                                   "device": to_dict(cfg.device),
                                                   "backend": backend.name}, upstream)
-        # Wall time and the MLflow run id change on every run: untracked (timings.json).
+        # Wall time and the MLflow run id change on every run: untracked, and outside the
+        # evaluate folder, whose hash the report stage depends on (timings_path).
         timings = {"emulator_wall_seconds_not_core_ml_latency": round(emu_seconds, 3)}
         if cfg.tracking.enabled:
             log.info("logging the run to MLflow (%s)", cfg.tracking.uri)
             timings["mlflow_run_id"] = log_to_mlflow(cfg, manifest, variant, backend.name,
                                                      result, details, tmp, upstream, timings)
-        artifacts.write_json(tmp / "timings.json", timings)
+    artifacts.write_json(timings_path(cfg, variant), timings)
     verdict = "PASSES" if accuracy["passes"] else "FAILS"
     lat = result["latency"]
     ms = (lat.get("measured_ms") or lat["estimated_ms"])[settings.compute_units]
@@ -319,6 +322,11 @@ def run(cfg: DictConfig) -> None:
              f"; first non-finite at {first.op_type} '{first.name}'" if first else "",
              result["placement"]["ne_op_share"], lat["status"], ms, settings.compute_units,
              lat["source"])
+
+
+def timings_path(cfg: DictConfig, variant: str) -> Path:
+    """artifacts/timings/evaluate/<variant>.json: no stage reads it, DVC does not track it."""
+    return artifacts_dir(cfg) / "timings" / "evaluate" / f"{variant}.json"
 
 
 def describe(precision: dict, result: dict, first_bad: dict | None) -> str:

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from pipeline import artifacts
-from pipeline.backends import PLACEMENT_FIELDS, Settings, coremltools
+from pipeline.backends import PLACEMENT_FIELDS, Settings
+from pipeline.coreml_import import coremltools
 from tests.conftest import make_cfg
 
 UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
@@ -284,7 +285,8 @@ def test_coreml_backend_wiring_through_the_stand_in(tiny_packages, on_stand_in_m
     assert total == pytest.approx(lat["measured_ms"]["ALL"], rel=0.01)  # cost x measured
     # MLflow: names say measured / estimated
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
-    run = client.get_run(artifacts.read_json(ev / "timings.json")["mlflow_run_id"])
+    run = client.get_run(artifacts.read_json(work / "artifacts" / "timings" / "evaluate" / "fp16.json")[
+        "mlflow_run_id"])
     for cu in UNITS:
         assert run.data.metrics[f"latency/measured_ms_{cu}"] == pytest.approx(lat["measured_ms"][cu])
         assert run.data.metrics[f"latency/est_ms_{cu}"] == pytest.approx(lat["estimated_ms"][cu])

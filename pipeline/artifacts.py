@@ -48,6 +48,8 @@ def atomic_path(dest: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
             tmp.mkdir()
         yield tmp
         check_replaceable(dest, is_dir)
+        if is_dir and dest.is_dir():
+            keep_dvc_files(dest, tmp)
         if dest.exists() or dest.is_symlink():
             old = tmp_root / (dest.name + ".old")
             os.replace(dest, old)
@@ -55,6 +57,17 @@ def atomic_path(dest: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
         _fsync_dir(dest.parent)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def keep_dvc_files(old: Path, new: Path) -> None:
+    """Carry DVC's own files (the .gitignore it writes beside the outputs it caches) from the
+    folder being replaced into its replacement. A stage run by hand otherwise drops them, and
+    a stage that depends on the whole folder (the report on artifacts/evaluate) sees it change
+    although every output is the same."""
+    for path in old.rglob(".gitignore"):
+        target = new / path.relative_to(old)
+        if target.parent.is_dir() and not target.exists():
+            shutil.copy2(path, target)
 
 
 def check_replaceable(dest: Path, is_dir: bool) -> None:

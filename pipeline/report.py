@@ -7,7 +7,7 @@ Reads artifacts/evaluate/*/ (the variants evaluated for this model). Writes arti
   ops.png        per-op max |activation| and error vs FP32 along the program, FP16 limit drawn,
                  overflowing ops marked
   tradeoff.csv, ops.csv   the same data, declared as DVC plots
-and logs them into the pipeline run's parent MLflow run (pipeline/tracking.py).
+and logs them into the pipeline run's parent MLflow run (pipeline/tracking).
 """
 from __future__ import annotations
 

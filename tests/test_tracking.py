@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from pipeline import artifacts, tracking
+from tests.conftest import REPO
 
 
 def store(tiny_run):
@@ -108,7 +109,7 @@ def test_the_key_is_the_nearest_dvc_process_and_pipeline_run_id_wins(tmp_path):
     code = ("import os, json; from pipeline import tracking; r = tracking.pipeline_run(); "
             "print(json.dumps([r.key, r.source, os.getppid()] if r else None))")
     env = {k: v for k, v in os.environ.items() if k not in ("PIPELINE_RUN_ID", "DVC_EXP_NAME")}
-    env["PYTHONPATH"] = str(tracking.Path(tracking.__file__).parent.parent)
+    env["PYTHONPATH"] = str(REPO)
     key, source, _ = json.loads(subprocess.run([str(fake), code], env=env, capture_output=True,
                                                text=True, check=True).stdout)
     assert key.startswith("dvc:") and "(pid " in source

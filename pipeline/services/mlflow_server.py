@@ -13,6 +13,7 @@ lives under DIR (git-ignored); `stop` ends both servers; a second `start` reuses
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -138,18 +139,30 @@ def start(root: Path = DEFAULT_DIR, port: int = DEFAULT_PORT, host: str = "127.0
     return server
 
 
+def _end_group(pid: int, grace: float = 10.0) -> None:
+    """SIGTERM the process group led by ``pid``, SIGKILL it after ``grace`` seconds. A leader
+    this process started is reaped as it exits (a zombie still counts as a member)."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while True:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            os.killpg(pid, 0)
+            if time.monotonic() > deadline:
+                os.killpg(pid, signal.SIGKILL)
+                return
+            time.sleep(0.1)
+    except ProcessLookupError:
+        pass
+
+
 def stop(root: Path = DEFAULT_DIR) -> None:
     root = Path(root)
     info = root / "server.json"
     if info.is_file():
         server = Server(**json.loads(info.read_text()))
-        try:
-            os.killpg(server.mlflow_pid, signal.SIGTERM)  # mlflow server and its workers
-            for _ in range(100):
-                os.killpg(server.mlflow_pid, 0)
-                time.sleep(0.1)
-        except ProcessLookupError:
-            pass
+        _end_group(server.mlflow_pid)  # mlflow server and its workers
         info.unlink()
     if (root / "pg" / "postmaster.pid").is_file():
         subprocess.run(_as_pg([str(pg_bin() / "pg_ctl"), "-D", str((root / "pg").resolve()),

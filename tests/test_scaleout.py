@@ -239,7 +239,7 @@ def test_dvc_queue_runs_two_experiments_with_two_workers(tmp_path, server):
             status = sh("dvc queue status", repo).stdout
             if "Queued" not in status and "Running" not in status:
                 break
-            time.sleep(5)
+            time.sleep(10)  # each `dvc queue status` costs a second of CPU the jobs need
     finally:
         sh("dvc queue stop --kill", repo, check=False)
     assert status.count("Success") == 2, status

@@ -285,8 +285,7 @@ def test_coreml_backend_wiring_through_the_stand_in(tiny_packages, on_stand_in_m
     assert total == pytest.approx(lat["measured_ms"]["ALL"], rel=0.01)  # cost x measured
     # MLflow: names say measured / estimated
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
-    run = client.get_run(artifacts.read_json(work / "artifacts" / "timings" / "evaluate" / "fp16.json")[
-        "mlflow_run_id"])
+    run = client.get_run(artifacts.read_json(evaluate.timings_path(cfg, "fp16"))["mlflow_run_id"])
     for cu in UNITS:
         assert run.data.metrics[f"latency/measured_ms_{cu}"] == pytest.approx(lat["measured_ms"][cu])
         assert run.data.metrics[f"latency/est_ms_{cu}"] == pytest.approx(lat["estimated_ms"][cu])
